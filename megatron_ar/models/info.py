@@ -1,0 +1,91 @@
+"""Parameter counts of a model config, computed analytically (``python -m megatron_ar.models.info``).
+
+Usage: ``python -m megatron_ar.models.info PRESET [--tp N] [--json]``
+
+Counting convention (Fanar report, Table 6): ``embedding`` = input embedding matrix
+(vocab x hidden); ``non_embedding`` = everything else, *including* an untied LM head;
+``total`` = their sum. Counts use the real vocabulary; Megatron pads the vocabulary to a
+multiple of 128 x TP and that padding is reported separately under ``megatron_padded`` (it is
+memory, not model capacity). Analytic counts are cross-checked against built megatron-core
+models in tests/models/test_model_info.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, List, Optional
+
+from megatron_ar.models.config import ModelConfig
+
+
+def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
+    """{'total', 'embedding', 'non_embedding', 'per_layer', 'lm_head', 'megatron_padded': {...}}."""
+    h, d, heads, g = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.groups
+    norm = 0 if cfg.norm == "rmsnorm_noparam" else 1
+    qkv = (heads + 2 * g) * d * h + ((heads + 2 * g) * d if (cfg.add_bias_linear or cfg.add_qkv_bias) else 0)
+    proj = heads * d * h + (h if cfg.add_bias_linear else 0)
+    fc1_out = (2 if cfg.gated else 1) * cfg.ffn_hidden_size
+    fc1 = fc1_out * h + (fc1_out if cfg.add_bias_linear else 0)
+    fc2 = cfg.ffn_hidden_size * h + (h if cfg.add_bias_linear else 0)
+    norms = norm * h * (2 + (2 if cfg.post_norms else 0)) + norm * (2 * d if cfg.qk_norm else 0)
+    per_layer = qkv + proj + fc1 + fc2 + norms
+    embedding = cfg.vocab_size * h
+    lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * h
+    non_embedding = cfg.num_layers * per_layer + norm * h + lm_head
+    padded_vocab = cfg.padded_vocab_size(tp)
+    pad_params = (padded_vocab - cfg.vocab_size) * h * (1 if cfg.tie_embeddings else 2)
+    total = embedding + non_embedding
+    return {
+        "name": cfg.name,
+        "total": total,
+        "embedding": embedding,
+        "non_embedding": non_embedding,
+        "lm_head": lm_head,
+        "per_layer": per_layer,
+        "megatron_padded": {"tp": tp, "vocab_size": padded_vocab,
+                            "padding_params": pad_params, "total": total + pad_params},
+    }
+
+
+def _fmt(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3f}{unit}"
+    return str(n)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from megatron_ar.models.presets import get_preset, list_presets
+
+    parser = argparse.ArgumentParser(prog="python -m megatron_ar.models.info",
+                                     description="Parameter counts of a model preset.")
+    parser.add_argument("preset", help="one of: " + ", ".join(list_presets()))
+    parser.add_argument("--tp", type=int, default=1, help="tensor parallel size for vocab padding")
+    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        cfg = get_preset(args.preset)
+    except KeyError as exc:
+        parser.error(str(exc.args[0]))
+    if args.tp < 1:
+        parser.error("--tp must be >= 1")
+    counts = param_counts(cfg, tp=args.tp)
+    pad = counts["megatron_padded"]
+    print(f"{cfg.name}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+          f"{cfg.num_attention_heads} heads ({cfg.groups} KV) x {cfg.head_dim}, "
+          f"ffn {cfg.ffn_hidden_size} ({cfg.activation}), vocab {cfg.vocab_size}, "
+          f"{'tied' if cfg.tie_embeddings else 'untied'} embeddings")
+    print(f"  total          {counts['total']:>16,d}  ({_fmt(counts['total'])})")
+    print(f"  embedding      {counts['embedding']:>16,d}  ({_fmt(counts['embedding'])})")
+    print(f"  non-embedding  {counts['non_embedding']:>16,d}  ({_fmt(counts['non_embedding'])})"
+          + ("  incl. untied LM head" if counts["lm_head"] else ""))
+    print(f"  Megatron vocab padding (TP={pad['tp']}): vocab {pad['vocab_size']}, "
+          f"+{pad['padding_params']:,d} params, padded total {pad['total']:,d}")
+    if args.json:
+        print(json.dumps(counts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

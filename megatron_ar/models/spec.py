@@ -1,0 +1,151 @@
+"""The one spec builder: ModelConfig -> megatron-core ModuleSpecs (local/CPU or Transformer Engine).
+
+Design choices
+- A single function, :func:`layer_spec`, reads the architecture options and picks modules; the
+  backend (local vs TE) only swaps the linear/norm/attention classes, the structure is shared
+  (no twin code paths; layout.md "a model difference is a spec option").
+- The TE variant is chosen automatically when ``transformer_engine`` imports and CUDA is
+  available (:func:`te_available`); on CPU it is never used. It follows megatron-core's
+  ``get_gpt_layer_with_transformer_engine_spec``: the pre-norms are fused into
+  ``TELayerNormColumnParallelLinear`` (so ``input_layernorm``/``pre_mlp_layernorm`` are
+  IdentityOp and the norm weight lives at ``...linear_qkv.layer_norm_weight``), attention is
+  ``TEDotProductAttention`` (sliding window is passed by megatron-core from ``config.window_size``),
+  (1+w) norms use TE's ``zero_centered_gamma``. What TE cannot do falls back to our modules inside
+  the TE spec: parameter-free norms (nanochat) use :class:`RMSNorm` + ``TEColumnParallelLinear``,
+  and attention logit soft-capping uses :class:`SoftcapDotProductAttention` (TE's fused attention
+  has no soft-cap).
+- The local variant uses megatron-core's ``ColumnParallelLinear``/``RowParallelLinear``/
+  ``DotProductAttention`` and our :class:`RMSNorm` for *every* norm (``WrappedTorchNorm`` refuses
+  sequence parallelism). It keeps megatron-core's local ``sharded_state_dict_keys_map`` so
+  dist checkpoints use TE-compatible keys and load into either variant.
+- Nothing is registered on import; builders are plain functions.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from megatron_ar.models.config import ModelConfig
+from megatron_ar.models.modules import RMSNorm, SandwichTransformerLayer, SoftcapDotProductAttention
+
+# megatron-core's local-spec mapping: dist checkpoints store the pre-norms under TE's fused names.
+LOCAL_SHARDED_KEYS_MAP = {
+    "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+    "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def te_available() -> bool:
+    """True when Transformer Engine imports and a CUDA device exists."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+        from megatron.core.extensions import transformer_engine as _mte  # noqa: F401
+    except Exception:  # ImportError, or TE built against another torch/CUDA
+        return False
+    return True
+
+
+def norm_spec(cfg: ModelConfig) -> ModuleSpec:
+    """Our RMSNorm with the config's weight style ((1+w) comes from the TransformerConfig)."""
+    return ModuleSpec(module=RMSNorm, params={"learnable": cfg.norm != "rmsnorm_noparam"})
+
+
+def _core_attention_local(cfg: ModelConfig):
+    return ModuleSpec(module=SoftcapDotProductAttention,
+                      params={"logit_softcap": cfg.attn_logit_softcap})
+
+
+def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None) -> ModuleSpec:
+    """ModuleSpec of one transformer layer for ``cfg`` (``use_te=None``: auto-detect)."""
+    if use_te is None:
+        use_te = te_available()
+    norm = norm_spec(cfg)
+    qk_norm = norm if cfg.qk_norm else IdentityOp
+    if use_te:
+        from megatron.core.extensions.transformer_engine import (
+            TEColumnParallelLinear,
+            TEDotProductAttention,
+            TELayerNormColumnParallelLinear,
+            TENorm,
+            TERowParallelLinear,
+        )
+
+        fused_norm = cfg.norm != "rmsnorm_noparam"
+        column_in = TELayerNormColumnParallelLinear if fused_norm else TEColumnParallelLinear
+        pre_norm = IdentityOp if fused_norm else norm
+        branch_norm = TENorm if fused_norm else norm
+        if cfg.qk_norm and fused_norm:
+            qk_norm = TENorm
+        row = TERowParallelLinear
+        core = (_core_attention_local(cfg) if cfg.attn_logit_softcap else TEDotProductAttention)
+        keys_map = {}
+    else:
+        column_in, row = ColumnParallelLinear, RowParallelLinear
+        pre_norm = branch_norm = norm
+        core = _core_attention_local(cfg)
+        keys_map = dict(LOCAL_SHARDED_KEYS_MAP)
+
+    submodules = TransformerLayerSubmodules(
+        input_layernorm=pre_norm,
+        self_attention=ModuleSpec(
+            module=SelfAttention,
+            params={"attn_mask_type": AttnMaskType.causal},
+            submodules=SelfAttentionSubmodules(
+                linear_qkv=column_in,
+                core_attention=core,
+                linear_proj=row,
+                q_layernorm=qk_norm,
+                k_layernorm=qk_norm,
+            ),
+        ),
+        self_attn_bda=get_bias_dropout_add,
+        pre_mlp_layernorm=pre_norm,
+        mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=column_in, linear_fc2=row)),
+        mlp_bda=get_bias_dropout_add,
+        sharded_state_dict_keys_map=keys_map,
+    )
+    if cfg.post_norms:
+        return ModuleSpec(
+            module=SandwichTransformerLayer,
+            submodules=submodules,
+            params={"post_self_attn_layernorm": branch_norm, "post_mlp_layernorm": branch_norm},
+        )
+    return ModuleSpec(module=TransformerLayer, submodules=submodules)
+
+
+def final_norm_spec(cfg: ModelConfig, use_te: Optional[bool] = None):
+    if use_te is None:
+        use_te = te_available()
+    if use_te and cfg.norm != "rmsnorm_noparam":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
+    return norm_spec(cfg)
+
+
+def block_spec(cfg: ModelConfig, transformer_config, use_te: Optional[bool] = None,
+               vp_stage: Optional[int] = None, pp_rank: Optional[int] = None
+               ) -> TransformerBlockSubmodules:
+    """Decoder-block spec for the layers this (pipeline rank, virtual stage) builds."""
+    n = get_num_layers_to_build(transformer_config, vp_stage=vp_stage, pp_rank=pp_rank)
+    return TransformerBlockSubmodules(
+        layer_specs=[layer_spec(cfg, use_te)] * n,
+        layer_norm=final_norm_spec(cfg, use_te),
+    )

@@ -1,0 +1,202 @@
+"""Per-signal histograms with samples per bucket (``tools/signal_histogram.py``).
+
+Fanar chose its filter cut-offs by looking at documents: every signal is min-max normalised to
+[0, 1] over the corpus, split into 10 buckets of width 0.1, and a few documents of each bucket
+are read by a person. This module does exactly that, in two streaming passes over the shards:
+
+1. min and max of every signal (per shard, then reduced);
+2. bucket counts and a uniform sample of ``samples_per_bucket`` documents per (signal, bucket).
+
+Design choices (why):
+
+* **Bottom-k sampling.** Each document gets a pseudo-random key (BLAKE2b of seed, shard name,
+  line number); a bucket keeps the k documents with the smallest keys. That is a uniform sample
+  without replacement *and* mergeable across shards exactly (the k smallest of the union are the
+  k smallest of the per-shard k smallest), so parallel runs and resumed runs give the same
+  sample as a serial run.
+* Min-max normalisation needs the first pass; a fixed per-signal range would save it but would
+  put most of a corpus into one bucket for unbounded signals (counts, entropy). The passes are
+  separate resumable runs (their own done-marker folders; pass 2's fingerprint includes pass 1's
+  ranges, so it is redone whenever the ranges change).
+* Records without ``quality_signals`` get them computed on the fly.
+* A constant signal (min == max) puts every document in bucket 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import json
+import os
+from typing import Optional, Sequence
+
+from megatron_ar.data.records import ErrorStats, ShardRunner, ShardTask, atomic_output, iter_records
+from megatron_ar.text.signals import SIGNAL_NAMES, compute_signals
+
+__all__ = ["HistogramConfig", "bucket_of", "signal_histograms"]
+
+N_BINS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class HistogramConfig:
+    """signals: which signals (default all); samples_per_bucket: documents kept per bucket;
+    max_chars: sampled text is cut to this many characters; seed: sampling seed."""
+
+    signals: tuple = SIGNAL_NAMES
+    samples_per_bucket: int = 5
+    max_chars: int = 2000
+    seed: int = 0
+    text_key: str = "text"
+    signals_key: str = "quality_signals"
+    ranges: Optional[dict] = None  # filled for pass 2: {signal: [min, max]}
+
+    def __post_init__(self):
+        bad = [s for s in self.signals if s not in SIGNAL_NAMES]
+        if bad:
+            raise ValueError(f"HistogramConfig.signals: unknown signal(s) {bad}")
+        if self.samples_per_bucket < 0:
+            raise ValueError("HistogramConfig.samples_per_bucket must be >= 0")
+
+
+def bucket_of(value: float, lo: float, hi: float) -> int:
+    """Bucket 0..9 of ``value`` after min-max normalisation to [0, 1] (1.0 goes to bucket 9)."""
+    if hi <= lo:
+        return 0
+    x = (value - lo) / (hi - lo)
+    return min(N_BINS - 1, max(0, int(x * N_BINS)))
+
+
+def _signals_of(rec: dict, cfg: HistogramConfig) -> dict:
+    sig = rec.get(cfg.signals_key)
+    if isinstance(sig, dict) and all(s in sig for s in cfg.signals):
+        return sig
+    return compute_signals(rec[cfg.text_key])
+
+
+def minmax_shard(task: ShardTask) -> dict:
+    cfg: HistogramConfig = task.options
+    stats = ErrorStats()
+    lo = {s: None for s in cfg.signals}
+    hi = {s: None for s in cfg.signals}
+    n = 0
+    for _, rec in iter_records(task.input_path, required_keys=(cfg.text_key,), on_error=task.on_error,
+                               stats=stats, progress=task.report):
+        sig = _signals_of(rec, cfg)
+        n += 1
+        for s in cfg.signals:
+            v = float(sig[s])
+            if lo[s] is None or v < lo[s]:
+                lo[s] = v
+            if hi[s] is None or v > hi[s]:
+                hi[s] = v
+    return {"docs": n, "min": lo, "max": hi, "errors": stats.as_dict()}
+
+
+def _key(seed: int, shard: str, line_no: int) -> int:
+    h = hashlib.blake2b(f"{seed}\0{shard}\0{line_no}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big")
+
+
+def hist_shard(task: ShardTask) -> dict:
+    cfg: HistogramConfig = task.options
+    k = cfg.samples_per_bucket
+    counts = {s: [0] * N_BINS for s in cfg.signals}
+    heaps: dict[str, list] = {f"{s}/{b}": [] for s in cfg.signals for b in range(N_BINS)}
+    n = 0
+    for line_no, rec in iter_records(task.input_path, required_keys=(cfg.text_key,),
+                                     on_error=task.on_error, progress=task.report):
+        sig = _signals_of(rec, cfg)
+        n += 1
+        key = _key(cfg.seed, task.output_name, line_no) if k else 0
+        for s in cfg.signals:
+            lo, hi = cfg.ranges[s]
+            v = float(sig[s])
+            b = bucket_of(v, lo, hi)
+            counts[s][b] += 1
+            if k:
+                h = heaps[f"{s}/{b}"]
+                item = (-key, line_no, v)  # max-heap on key: pop the largest to keep the k smallest
+                if len(h) < k:
+                    heapq.heappush(h, item)
+                elif -key > h[0][0]:
+                    heapq.heapreplace(h, item)
+    # second look at the chosen lines only, to attach their text (keeps the heaps small)
+    wanted: dict[int, None] = {}
+    for h in heaps.values():
+        for _, ln, _ in h:
+            wanted[ln] = None
+    texts: dict[int, dict] = {}
+    if wanted:
+        for ln, rec in iter_records(task.input_path, required_keys=(cfg.text_key,), on_error="skip"):
+            if ln in wanted:
+                texts[ln] = {"id": rec.get("id"), "text": rec[cfg.text_key][:cfg.max_chars]}
+    samples = {}
+    for name, h in heaps.items():
+        samples[name] = [{"key": -nk, "source": f"{task.input_path}:{ln}", "value": v, **texts[ln]}
+                         for nk, ln, v in h]
+    return {"docs": n, "counts": counts, "samples": samples}
+
+
+def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[HistogramConfig] = None, *,
+                      workers: int = 1, on_error: str = "fail", resume: bool = True,
+                      progress: bool = True) -> dict:
+    """Two passes over ``inputs``; writes ``histogram.json`` and ``samples.jsonl`` into
+    ``out_dir`` and returns the summary (docs, per-signal min/max/counts, files)."""
+    cfg = config or HistogramConfig()
+    p1 = ShardRunner(inputs, out_dir, minmax_shard, workers=workers, desc="histogram 1/2 (ranges)",
+                     resume=resume, options=dataclasses.replace(cfg, ranges=None),
+                     on_error=on_error, progress=progress,
+                     marker_dir=os.path.join(out_dir, ".shards-ranges"))
+    s1 = p1.run()
+    ranges = {}
+    for s in cfg.signals:
+        los = [r["min"][s] for r in p1.results.values() if r["min"][s] is not None]
+        his = [r["max"][s] for r in p1.results.values() if r["max"][s] is not None]
+        ranges[s] = [min(los), max(his)] if los else [0.0, 0.0]
+    cfg2 = dataclasses.replace(cfg, ranges=ranges)
+    # pass 2 reads with on_error="skip" semantics only if pass 1 allowed skipping
+    p2 = ShardRunner(inputs, out_dir, hist_shard, workers=workers, desc="histogram 2/2 (buckets)",
+                     resume=resume, options=cfg2, on_error=on_error, progress=progress,
+                     marker_dir=os.path.join(out_dir, ".shards-buckets"))
+    s2 = p2.run()
+    counts = {s: [0] * N_BINS for s in cfg.signals}
+    merged: dict[str, list] = {}
+    for idx in sorted(p2.results):
+        r = p2.results[idx]
+        for s in cfg.signals:
+            counts[s] = [a + b for a, b in zip(counts[s], r["counts"][s])]
+        for name, items in r["samples"].items():
+            merged.setdefault(name, []).extend(items)
+    hist = {}
+    for s in cfg.signals:
+        lo, hi = ranges[s]
+        width = (hi - lo) / N_BINS
+        hist[s] = {"min": lo, "max": hi,
+                   "edges": [lo + i * width for i in range(N_BINS)] + [hi],
+                   "counts": counts[s]}
+    hist_path = os.path.join(out_dir, "histogram.json")
+    with atomic_output(hist_path) as f:
+        json.dump({"docs": s2.get("docs", 0), "bins": N_BINS, "signals": hist}, f, indent=1)
+        f.write("\n")
+    samples_path = os.path.join(out_dir, "samples.jsonl")
+    n_samples = 0
+    with atomic_output(samples_path) as f:
+        for s in cfg.signals:
+            for b in range(N_BINS):
+                items = heapq.nsmallest(cfg.samples_per_bucket, merged.get(f"{s}/{b}", []),
+                                        key=lambda x: x["key"])
+                lo, hi = ranges[s]
+                width = (hi - lo) / N_BINS
+                for it in items:
+                    row = {"signal": s, "bucket": b, "bucket_range": [lo + b * width, lo + (b + 1) * width],
+                           "value": it["value"], "id": it.get("id"), "source": it["source"],
+                           "text": it.get("text", "")}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    n_samples += 1
+    return {"docs": s2.get("docs", 0), "signals": len(cfg.signals), "samples": n_samples,
+            "histogram": hist_path, "samples_file": samples_path,
+            "counts": {s: counts[s] for s in cfg.signals},
+            "errors": s1.get("errors", ErrorStats().as_dict()),
+            "shards": s1["shards"], "shards_skipped": min(s1["shards_skipped"], s2["shards_skipped"]),
+            "seconds": round(s1["seconds"] + s2["seconds"], 3)}

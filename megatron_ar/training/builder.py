@@ -1,0 +1,184 @@
+"""Build a run from a recipe: process groups, model chunks, DDP, optimizer, schedule, data,
+callbacks, and resume/initial-weights loading. ``train.py`` is parse -> build -> fit -> close.
+
+Design choices
+- Everything is megatron-core or a sibling package: ``megatron_ar.runtime.init_distributed``
+  (gloo + CPU execution layer without a GPU), ``megatron_ar.models`` presets and
+  ``build_model``/``wrap_with_ddp``, ``megatron_ar.data.curriculum.CurriculumDataset``.
+- Precedence at start-up (Megatron-LM's): a checkpoint under ``checkpoint.load`` (or ``save``)
+  resumes the run (model, optimizer, schedule, data position, RNG); otherwise
+  ``checkpoint.pretrained_checkpoint`` provides initial weights only (continual pretraining
+  from a converted HF checkpoint, resharded to this run's TP/PP on load); ``finetune: true``
+  with ``load`` also takes weights only.
+- ``train_iters`` defaults to the curriculum's length in steps (its phases are aligned to
+  global batches), so a recipe states its budget once, in tokens or epochs per phase. With
+  ``lr_decay_style: cosine-cooldown`` and ``lr_cooldown_iters: 0`` the cool-down length is the
+  last phase's step count when that phase's ``lr_schedule`` hint is ``linear_to_zero``/
+  ``cooldown`` (Fanar: the final curated phase is the cool-down).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional
+
+import torch
+
+from megatron_ar.training.config import ConfigError, TrainConfig, save_config
+
+
+def model_config_from(cfg: TrainConfig):
+    from megatron_ar.models.presets import get_preset
+
+    try:
+        return get_preset(cfg.model.preset, **dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
+    except KeyError as exc:
+        raise ConfigError(f"model.preset: {exc.args[0]}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.overrides: {exc}") from exc
+
+
+def _te_importable() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # ImportError or a broken CUDA install
+        return False
+    return torch.cuda.is_available()
+
+
+def transformer_overrides(cfg: TrainConfig) -> dict:
+    p, o = cfg.parallel, cfg.optimizer
+    out: dict = {}
+    if p.recompute_granularity == "full":
+        out.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif p.recompute_granularity == "selective":
+        out.update(recompute_granularity="selective")
+    if o.fp8_format is not None:
+        if not _te_importable():
+            raise ConfigError("optimizer.fp8_format: fp8 needs Transformer Engine on a GPU "
+                              "(pip install megatron_ar[te]); set fp8_format: null on this machine")
+        out.update(fp8=o.fp8_format, fp8_recipe=o.fp8_recipe)
+    return out
+
+
+def build_data(cfg: TrainConfig):
+    from megatron_ar.data.curriculum import CurriculumDataset
+
+    if cfg.data is None:
+        raise ConfigError("data: the recipe has no data section")
+    cache = cfg.data.cache_dir or os.path.join(cfg.logging.run_dir, "data_cache")
+    return CurriculumDataset(cfg.data, cache_dir=cache)
+
+
+def resolve_train_iters(cfg: TrainConfig, data) -> int:
+    gbs = cfg.schedule.global_batch_size
+    available = len(data) // gbs
+    if cfg.schedule.train_iters is None:
+        if available < 1:
+            raise ConfigError(f"schedule.train_iters: the curriculum has {len(data)} samples, "
+                              f"less than one global batch ({gbs})")
+        return available
+    if cfg.schedule.train_iters > available:
+        raise ConfigError(f"schedule.train_iters: {cfg.schedule.train_iters} steps need "
+                          f"{cfg.schedule.train_iters * gbs} samples, the curriculum has {len(data)} "
+                          f"({available} steps)")
+    return cfg.schedule.train_iters
+
+
+def _auto_cooldown(cfg: TrainConfig, data) -> None:
+    s = cfg.schedule
+    if s.lr_decay_style != "cosine-cooldown" or s.lr_cooldown_iters:
+        return
+    plan = getattr(data, "plan", None)
+    if plan is None or not plan.phases:
+        return
+    last = plan.phases[-1]
+    hint = last.lr_schedule if isinstance(last.lr_schedule, str) else None
+    if hint in ("linear_to_zero", "cooldown", "cool-down"):
+        s.lr_cooldown_iters = (last.end_sample - last.start_sample) // s.global_batch_size
+
+
+def load_tokenizer(path: Optional[str]):
+    """A ``tokenizers.Tokenizer`` from a directory or tokenizer.json (None if no path)."""
+    if not path:
+        return None
+    from tokenizers import Tokenizer
+
+    f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(f):
+        raise ConfigError(f"model.tokenizer: {f} not found")
+    return Tokenizer.from_file(f)
+
+
+def default_callbacks(cfg: TrainConfig, model_config) -> List[Any]:
+    from megatron_ar.training import callbacks as cb
+
+    out: List[Any] = [cb.LossSpikeDetector(cfg.schedule.spike_sigma, cfg.schedule.spike_window,
+                                           cfg.schedule.skip_spike_updates, cfg.logging.run_dir)]
+    if cfg.logging.record_batches:
+        out.append(cb.BatchRecorder(cfg.logging.run_dir))
+    out.append(cb.MetricsLogger(cfg, model_config))
+    if cfg.eval.eval_interval and (cfg.eval.valid_sets or cfg.eval.mc_tasks or cfg.eval.generate_prompts):
+        out.append(cb.EvalCallback(cfg))
+    out.append(cb.CheckpointCallback(cfg))
+    return out
+
+
+def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
+    """Initialise distributed state and build a :class:`TrainState` ready for ``fit``."""
+    from megatron.core.transformer.module import Float16Module
+
+    from megatron_ar.models.builder import build_model, wrap_with_ddp
+    from megatron_ar.runtime import init_distributed
+    from megatron_ar.training import checkpointing
+    from megatron_ar.training.loop import TrainState
+    from megatron_ar.training.optimizer import build_optimizer, build_scheduler
+
+    p, o = cfg.parallel, cfg.optimizer
+    mc = model_config_from(cfg)
+    vpp = cfg.vpp_size(mc.num_layers)
+    layout = init_distributed(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
+                              vpp=vpp, seed=cfg.schedule.seed)
+    cfg.num_microbatches(layout.world_size)  # validates batch arithmetic, naming the key
+    os.makedirs(cfg.logging.run_dir, exist_ok=True)
+    data = build_data(cfg)
+    train_iters = resolve_train_iters(cfg, data)
+    _auto_cooldown(cfg, data)
+    dtype = torch.bfloat16 if o.bf16 else torch.float32
+    chunks = build_model(mc, sequence_parallel=p.sequence_parallel, params_dtype=dtype,
+                         **transformer_overrides(cfg))
+    if o.bf16:
+        chunks = [Float16Module(c.config, c) for c in chunks]
+    model = wrap_with_ddp(chunks, use_distributed_optimizer=p.use_distributed_optimizer,
+                          grad_reduce_in_fp32=o.grad_reduce_in_fp32,
+                          overlap_grad_reduce=p.overlap_grad_reduce)
+    optimizer = build_optimizer(cfg, model)
+    model[0].config.grad_scale_func = optimizer.scale_loss
+    scheduler = build_scheduler(cfg, optimizer, train_iters)
+    state = TrainState(cfg=cfg, layout=layout, model_config=mc, model=model, optimizer=optimizer,
+                       scheduler=scheduler, data=data, train_iters=train_iters,
+                       tokenizer=load_tokenizer(cfg.model.tokenizer))
+    state.callbacks = callbacks if callbacks is not None else default_callbacks(cfg, mc)
+    load_dir = cfg.load_dir()
+    resumed = checkpointing.latest_iteration(load_dir) is not None if load_dir else False
+    if resumed and not cfg.checkpoint.finetune:
+        checkpointing.load_checkpoint(state, load_dir)
+    elif resumed and cfg.checkpoint.finetune:
+        checkpointing.load_weights(model, load_dir)
+        optimizer.reload_model_params()
+    elif cfg.checkpoint.pretrained_checkpoint:
+        checkpointing.load_weights(model, cfg.checkpoint.pretrained_checkpoint)
+        optimizer.reload_model_params()
+    if hasattr(data, "load_state_dict") and not resumed:
+        data.consumed_samples = state.consumed_samples
+    if layout.rank == 0:
+        save_config(cfg, os.path.join(cfg.logging.run_dir, "config.yaml"))
+    return state
+
+
+def close_run(state) -> None:
+    from megatron_ar.runtime import destroy_distributed
+
+    for cb in state.callbacks:
+        if hasattr(cb, "close"):
+            cb.close()
+    destroy_distributed()

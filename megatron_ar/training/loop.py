@@ -1,0 +1,299 @@
+"""The fit loop: megatron-core schedules, DDP, optimizer and scheduler; everything else is callbacks.
+
+Design choices
+- One step = megatron-core's ``get_forward_backward_func()`` (no pipelining, 1F1B or interleaved
+  virtual stages, chosen from the parallel state) over the rank's micro-batches, then
+  ``optimizer.step()`` (grad clipping, distributed optimizer) and ``scheduler.step(1)``. The
+  same code runs on gloo/CPU and nccl/GPU.
+- Sample order is Megatron-LM's ``MegatronPretrainingSampler`` order, computed, not iterated:
+  the step that starts at ``consumed_samples`` trains on global indices
+  ``[consumed, consumed + global_batch)``; data-parallel rank ``r`` takes, for micro-batch ``m``,
+  ``consumed + m*mbs*dp + r*mbs + [0, mbs)``. A resumed run therefore continues with exactly the
+  samples the uninterrupted run would have used, and ``tools/backtrace.py`` can reconstruct any
+  step from ``(consumed_samples, layout)`` alone (:func:`step_sample_indices`).
+- Every rank that needs data (first and last pipeline stage) reads its own micro-batches from
+  the memory-mapped dataset instead of Megatron-LM's TP-rank-0 read + broadcast: reads are
+  cheap mmaps and deterministic, so no broadcast is needed (trade-off: TP ranks read the same
+  bytes N times; fine for mmap'd token files).
+- The loss logged is the token-weighted mean over the whole global batch, reduced over all
+  ranks so every rank holds the same value; decisions taken from it (loss-spike skipping) are
+  therefore identical on every rank.
+- The loop never type-checks its callbacks: it calls ``on_train_start``, ``before_optimizer_step``
+  (a True return skips the update), ``on_step_end``, ``on_train_end`` when present
+  (:mod:`megatron_ar.training.callbacks`). Stopping (SIGTERM/SIGUSR1 or a callback) is agreed
+  on by an all-reduce so all ranks leave the loop at the same step.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrainState:
+    cfg: Any
+    layout: Any
+    model_config: Any
+    model: List[torch.nn.Module]
+    optimizer: Any
+    scheduler: Any
+    data: Any
+    train_iters: int
+    callbacks: List[Any] = field(default_factory=list)
+    tokenizer: Any = None
+    iteration: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+    stop_requested: bool = False
+    stop_reason: Optional[str] = None
+    last_batches: Any = None
+    last_indices: Any = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def seq_length(self) -> int:
+        return self.cfg.model.seq_length
+
+
+# ----------------------------------------------------------------------------------------------
+# sample accounting
+# ----------------------------------------------------------------------------------------------
+def step_sample_indices(consumed: int, global_batch: int, micro_batch: int, dp: int,
+                        dp_rank: int) -> List[List[int]]:
+    """Global sample indices of each micro-batch of ``dp_rank`` in the step starting at
+    ``consumed`` (Megatron-LM MegatronPretrainingSampler order, the curriculum's
+    :func:`~megatron_ar.data.curriculum.batch_layout`)."""
+    from megatron_ar.data.curriculum import batch_layout
+
+    layout = batch_layout(consumed, global_batch, micro_batch, dp)
+    return [[int(i) for i in layout[m, dp_rank]] for m in range(layout.shape[0])]
+
+
+def sample_to_arrays(sample: Any, seq_length: int) -> Dict[str, np.ndarray]:
+    """A dataset item -> tokens/labels/loss_mask of length ``seq_length``. Accepts Megatron
+    GPTDataset dicts (tokens/labels/loss_mask) and raw ``seq_length + 1`` token arrays."""
+    if isinstance(sample, dict) and "labels" in sample:
+        tokens = np.asarray(sample["tokens"], dtype=np.int64)
+        labels = np.asarray(sample["labels"], dtype=np.int64)
+        mask = sample.get("loss_mask")
+        mask = np.ones(len(labels), np.float32) if mask is None else np.asarray(mask, np.float32)
+    else:
+        arr = sample["text"] if isinstance(sample, dict) and "text" in sample else (
+            sample["tokens"] if isinstance(sample, dict) else sample)
+        arr = np.asarray(arr, dtype=np.int64)
+        tokens, labels = arr[:-1], arr[1:]
+        mask = np.ones(len(labels), np.float32)
+    if len(tokens) != seq_length:
+        raise ValueError(f"dataset sample has {len(tokens)} tokens, model.seq_length is {seq_length}")
+    return {"tokens": tokens, "labels": labels, "loss_mask": mask}
+
+
+def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def needs_data() -> bool:
+    from megatron.core import parallel_state as ps
+
+    return ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)
+
+
+def microbatches_for(data, indices: List[List[int]], seq_length: int) -> List[Dict[str, torch.Tensor]]:
+    return [collate([sample_to_arrays(data[i], seq_length) for i in mb]) for mb in indices]
+
+
+# ----------------------------------------------------------------------------------------------
+# forward step
+# ----------------------------------------------------------------------------------------------
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.float().reshape(-1)
+    total = torch.sum(losses * mask)
+    ntok = mask.sum().to(torch.int)
+    # Megatron-LM's 3-tuple protocol: the schedule divides `total` in place, so report a copy.
+    return total, ntok, {"lm loss": torch.stack([total.detach().clone(), ntok.detach().float()])}
+
+
+def forward_step(data_iterator, model):
+    batch = next(data_iterator) if data_iterator is not None else None
+    tokens = batch["tokens"] if batch is not None else None
+    labels = batch["labels"] if batch is not None else None
+    position_ids = None
+    if tokens is not None:
+        position_ids = torch.arange(tokens.shape[1], dtype=torch.long).unsqueeze(0).expand_as(tokens)
+    out = model(tokens, position_ids, None, labels=labels)
+    mask = batch["loss_mask"] if batch is not None else None
+    return out, partial(_loss_func, mask)
+
+
+def run_schedule(state: TrainState, batches: Optional[List[Dict[str, torch.Tensor]]],
+                 num_microbatches: int, micro_batch_size: int, forward_only: bool,
+                 step_func=forward_step) -> List[Dict[str, torch.Tensor]]:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    if batches is None:
+        iters = [None for _ in state.model]
+    else:
+        iters = [iter(batches) for _ in state.model]
+    return get_forward_backward_func()(
+        forward_step_func=step_func,
+        data_iterator=iters if len(iters) > 1 else iters[0],
+        model=state.model,
+        num_microbatches=num_microbatches,
+        seq_length=state.seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def reduce_loss(losses: List[Dict[str, torch.Tensor]], key: str = "lm loss") -> Dict[str, float]:
+    """Sum (loss, tokens) of the last pipeline stage's TP-rank-0 ranks over all ranks, so every
+    rank gets the global token-mean loss."""
+    from megatron.core import parallel_state as ps
+
+    t = torch.zeros(2, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
+        for x in losses:
+            t += x[key].double()
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return {"loss_sum": float(t[0]), "tokens": float(t[1]),
+            "loss": float(t[0] / max(float(t[1]), 1.0))}
+
+
+# ----------------------------------------------------------------------------------------------
+# one step, the loop
+# ----------------------------------------------------------------------------------------------
+def train_step(state: TrainState) -> Dict[str, Any]:
+    cfg = state.cfg
+    s = cfg.schedule
+    dp = state.layout.dp
+    nmb = cfg.num_microbatches(state.layout.world_size)
+    t0 = time.perf_counter()
+    for chunk in state.model:
+        chunk.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    indices = step_sample_indices(state.consumed_samples, s.global_batch_size, s.micro_batch_size,
+                                  dp, state.layout.dp_rank)
+    batches = microbatches_for(state.data, indices, state.seq_length) if needs_data() else None
+    losses = run_schedule(state, batches, nmb, s.micro_batch_size, forward_only=False)
+    red = reduce_loss(losses)
+    lr = _current_lr(state.optimizer)  # the LR this step's update uses
+    skip = False
+    for cb in state.callbacks:
+        fn = getattr(cb, "before_optimizer_step", None)
+        if fn is not None and fn(state, red["loss"]):
+            skip = True
+    if skip:
+        # Samples are consumed (the data stream moves on), parameters and optimizer state are
+        # untouched; the LR schedule does not advance (as Megatron-LM on a skipped fp16 step).
+        grad_norm, ok = float("nan"), False
+        state.optimizer.zero_grad()
+    else:
+        ok, grad_norm, _ = state.optimizer.step()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if ok:
+            state.scheduler.step(increment=1)
+    elapsed = time.perf_counter() - t0
+    step_tokens = s.global_batch_size * state.seq_length
+    metrics = {
+        "step": state.iteration,  # 0-based index of the step just taken
+        "consumed_samples_before": state.consumed_samples,
+        "loss": red["loss"],
+        "loss_tokens": red["tokens"],
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "skipped": bool(skip or not ok),
+        "step_time": elapsed,
+        "tokens_per_s": step_tokens / max(elapsed, 1e-12),
+    }
+    state.last_batches = batches  # for callbacks that record what was trained on
+    state.last_indices = indices
+    state.iteration += 1
+    state.consumed_samples += s.global_batch_size
+    if hasattr(state.data, "advance"):
+        state.data.advance(s.global_batch_size)
+    state.consumed_tokens += step_tokens
+    metrics["consumed_samples"] = state.consumed_samples
+    metrics["consumed_tokens"] = state.consumed_tokens
+    return metrics
+
+
+def _current_lr(optimizer) -> float:
+    from megatron.core.optimizer_param_scheduler import get_canonical_lr_for_logging
+
+    lr = get_canonical_lr_for_logging(optimizer.param_groups)
+    if lr is None:
+        lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else float("nan")
+    return float(lr)
+
+
+class _SignalFlag:
+    """SIGTERM/SIGUSR1 set a flag the loop checks at step boundaries (Slurm sends SIGUSR1 via
+    ``--signal=USR1@T`` before pre-emption, SIGTERM at cancel/time limit)."""
+
+    def __init__(self, enabled: bool):
+        self.received: Optional[str] = None
+        self._old = {}
+        if enabled:
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _agree_stop(local: bool) -> bool:
+    if not dist.is_initialized():
+        return local
+    t = torch.tensor([1.0 if local else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def fit(state: TrainState) -> TrainState:
+    """Train until ``state.train_iters`` or a stop request; callbacks do the rest."""
+    flag = _SignalFlag(state.cfg.checkpoint.exit_on_signal)
+    for chunk in state.model:
+        chunk.train()
+    try:
+        for cb in state.callbacks:
+            if hasattr(cb, "on_train_start"):
+                cb.on_train_start(state)
+        while state.iteration < state.train_iters:
+            metrics = train_step(state)
+            if flag.received and not state.stop_reason:
+                state.stop_reason = f"signal {flag.received}"
+            ei = state.cfg.schedule.exit_interval
+            if ei and state.iteration % ei == 0 and state.iteration < state.train_iters:
+                state.stop_requested = True
+                state.stop_reason = state.stop_reason or f"exit_interval {ei}"
+            state.stop_requested = _agree_stop(bool(flag.received) or state.stop_requested)
+            if state.stop_requested and not state.stop_reason:
+                state.stop_reason = "signal on another rank"
+            for cb in state.callbacks:
+                if hasattr(cb, "on_step_end"):
+                    cb.on_step_end(state, metrics)
+            state.history.append(metrics)
+            if state.stop_requested:
+                break
+        for cb in state.callbacks:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end(state)
+    finally:
+        flag.restore()
+    return state

@@ -1,0 +1,176 @@
+"""Optimizer and learning-rate schedule on top of megatron-core.
+
+Design choices
+- The optimizer is megatron-core's ``get_megatron_optimizer`` (Adam with decoupled weight decay =
+  AdamW, grad clipping, bf16 main params, the distributed optimizer); nothing is re-implemented.
+- The schedule is megatron-core's ``OptimizerParamScheduler`` (linear warmup, constant / linear /
+  cosine / WSD / inverse-sqrt decay). Fanar's pretraining schedule (Fanar report, Sec. 4, Table 7):
+  warmup -> cosine to ``min_lr`` -> a *linear cool-down to zero* over the last phase, is not one
+  of its styles, so :class:`CooldownParamScheduler` overrides ``get_lr`` only past
+  ``lr_decay_steps`` and adds one key to ``state_dict``; everything else (warmup, cosine, weight
+  decay increments, checkpoint value checks) is the base class's.
+- Steps are optimizer iterations (``step(1)`` per iteration), not samples: batch-size ramp-up is
+  not supported, so the two are proportional and iterations are what recipes state.
+- The LR of iteration ``k`` (0-based) is ``get_lr`` at ``num_steps == k``: the scheduler is built
+  at step 0 and stepped after each update, as Megatron-LM does (so with ``lr_warmup_init=0`` the
+  first update has LR 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_ar.training.config import ConfigError, TrainConfig
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CooldownParamScheduler(OptimizerParamScheduler):
+    """``lr_decay_style="cosine-cooldown"``: warmup -> cosine to min_lr over ``lr_decay_steps``
+    -> linear from min_lr to 0 over ``lr_cooldown_steps``; 0 afterwards. Other styles behave
+    exactly like the base class."""
+
+    def __init__(self, *args, lr_cooldown_steps: int = 0, **kwargs):
+        self.lr_cooldown_steps = int(lr_cooldown_steps)
+        super().__init__(*args, **kwargs)
+
+    def get_lr(self, param_group: dict) -> float:
+        if self.lr_decay_style != "cosine-cooldown":
+            return super().get_lr(param_group)
+        min_lr = param_group.get("min_lr", self.min_lr)
+        if self.num_steps <= self.lr_decay_steps:
+            style, self.lr_decay_style = self.lr_decay_style, "cosine"
+            try:
+                return super().get_lr(param_group)
+            finally:
+                self.lr_decay_style = style
+        if self.lr_cooldown_steps <= 0:
+            return min_lr
+        done = min(self.num_steps - self.lr_decay_steps, self.lr_cooldown_steps)
+        return min_lr * (1.0 - done / self.lr_cooldown_steps)
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["lr_cooldown_steps"] = self.lr_cooldown_steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        sd = dict(state_dict)
+        if "lr_cooldown_steps" in sd:
+            self.lr_cooldown_steps = int(self._check_and_set(
+                self.lr_cooldown_steps, sd.pop("lr_cooldown_steps"), "cool-down iterations"))
+        super().load_state_dict(sd)
+
+
+def schedule_steps(cfg: TrainConfig, train_iters: int) -> dict:
+    """Resolve warmup/decay/cool-down step counts for ``train_iters`` total iterations."""
+    s = cfg.schedule
+    cooldown = s.lr_cooldown_iters if s.lr_decay_style == "cosine-cooldown" else 0
+    decay = s.lr_decay_iters if s.lr_decay_iters is not None else train_iters - cooldown
+    if decay <= s.lr_warmup_iters:
+        raise ConfigError(
+            f"schedule.lr_decay_iters: decay iterations ({decay}) must exceed "
+            f"lr_warmup_iters ({s.lr_warmup_iters}); train_iters={train_iters}, "
+            f"lr_cooldown_iters={cooldown}")
+    return {"warmup": s.lr_warmup_iters, "decay": decay, "cooldown": cooldown}
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, train_iters: int) -> CooldownParamScheduler:
+    s, o = cfg.schedule, cfg.optimizer
+    st = schedule_steps(cfg, train_iters)
+    return CooldownParamScheduler(
+        optimizer,
+        init_lr=s.lr_warmup_init,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=st["warmup"],
+        lr_decay_steps=st["decay"],
+        lr_decay_style=s.lr_decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=train_iters,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=False,
+        wsd_decay_steps=s.lr_wsd_decay_iters,
+        lr_wsd_decay_style=s.lr_wsd_decay_style,
+        lr_cooldown_steps=st["cooldown"],
+    )
+
+
+def reference_lr(cfg: TrainConfig, train_iters: int, k: int) -> float:
+    """Closed-form LR of iteration ``k`` (for tests and ``--dry-run`` tables); independent of
+    megatron-core's code path."""
+    s, o = cfg.schedule, cfg.optimizer
+    st = schedule_steps(cfg, train_iters)
+    w, d, c = st["warmup"], st["decay"], st["cooldown"]
+    if w > 0 and k <= w:
+        return s.lr_warmup_init + (o.lr - s.lr_warmup_init) * k / w
+    style = s.lr_decay_style
+    if style == "constant":
+        return o.lr
+    if k > d:
+        if style == "cosine-cooldown" and c > 0:
+            return o.min_lr * max(0.0, 1.0 - (k - d) / c)
+        return o.min_lr
+    r = (k - w) / (d - w)
+    if style in ("cosine", "cosine-cooldown"):
+        return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * r))
+    if style == "linear":
+        return o.min_lr + (o.lr - o.min_lr) * (1 - r)
+    if style == "WSD":
+        start = d - s.lr_wsd_decay_iters
+        if k <= start:
+            return o.lr
+        q = (k - start) / s.lr_wsd_decay_iters
+        f = {"linear": 1 - q, "cosine": 0.5 * (1 + math.cos(math.pi * q)),
+             "exponential": 2 * 0.5 ** q - 1, "minus_sqrt": 1 - math.sqrt(q)}[s.lr_wsd_decay_style]
+        return o.min_lr + (o.lr - o.min_lr) * f
+    raise ConfigError(f"schedule.lr_decay_style: no reference formula for {style!r}")
+
+
+def optimizer_config(cfg: TrainConfig):
+    from megatron.core.optimizer import OptimizerConfig
+
+    o, p = cfg.optimizer, cfg.parallel
+    kwargs = dict(
+        optimizer=o.optimizer,
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=o.bf16,
+        params_dtype=torch.bfloat16 if o.bf16 else torch.float32,
+        use_distributed_optimizer=p.use_distributed_optimizer,
+        overlap_param_gather=p.overlap_param_gather,
+        use_precision_aware_optimizer=o.use_precision_aware_optimizer,
+        main_grads_dtype=torch.float32 if o.grad_reduce_in_fp32 else torch.bfloat16,
+        exp_avg_dtype=_dtype(o.exp_avg_dtype),
+        exp_avg_sq_dtype=_dtype(o.exp_avg_sq_dtype),
+        log_num_zeros_in_grad=False,
+    )
+    if o.fp8_format is not None:
+        kwargs["fp8_recipe"] = o.fp8_recipe
+    return OptimizerConfig(**kwargs)
+
+
+def _dtype(name: str):
+    if name == "fp8":
+        return torch.uint8  # megatron-core's spelling of fp8 optimizer state
+    return _DTYPES[name]
+
+
+def build_optimizer(cfg: TrainConfig, model_chunks, use_gloo_process_groups: Optional[bool] = None):
+    """megatron-core optimizer over the (DDP-wrapped) model chunks."""
+    from megatron.core.optimizer import get_megatron_optimizer
+
+    if use_gloo_process_groups is None:
+        use_gloo_process_groups = torch.cuda.is_available()
+    return get_megatron_optimizer(optimizer_config(cfg), model_chunks,
+                                  use_gloo_process_groups=use_gloo_process_groups)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Exact / URL / MinHash-LSH deduplication of JSONL corpora (thin CLI over
+megatron_ar.text.dedup.dedup_files).
+
+Example:
+  python tools/dedup.py --input a/*.jsonl.gz b.jsonl --output kept.jsonl \
+      --clusters clusters.jsonl --mode all --json
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_ar.text.dedup import DedupConfig, dedup_files, print_summary  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, metavar="GLOB",
+                   help="JSONL inputs (plain/.gz/.zst, globs); several inputs are deduplicated "
+                        "together and earlier inputs win")
+    p.add_argument("--output", required=True, help="kept records (JSONL; .gz/.zst by extension)")
+    p.add_argument("--clusters", default=None,
+                   help='clusters file: one {"id": dropped, "kept": kept} line per dropped record')
+    p.add_argument("--mode", choices=("exact", "minhash", "url", "all"), default="all")
+    p.add_argument("--ngram", type=int, default=8, help="shingle size (default 8, Fanar)")
+    p.add_argument("--shingle", choices=("word", "char"), default="word",
+                   help="shingle unit: whitespace words (default) or characters")
+    p.add_argument("--bands", type=int, default=12)
+    p.add_argument("--rows", type=int, default=11)
+    p.add_argument("--seed", type=int, default=1, help="MinHash permutation seed")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="skip Arabic normalisation (text is still casefolded, spaces collapsed)")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--id-key", default="id")
+    p.add_argument("--url-key", default="url", help="URL key in metadata (or top level)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes over input files x C++ threads (default: all cores)")
+    p.add_argument("--work-dir", default=None,
+                   help="per-shard key files, for resume (default: OUTPUT.work)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="summary as one JSON line, last on stdout")
+    a = p.parse_args(argv)
+    cfg = DedupConfig(mode=a.mode, ngram=a.ngram, bands=a.bands, rows=a.rows, shingle=a.shingle,
+                      seed=a.seed, normalize=not a.no_normalize, text_key=a.text_key,
+                      id_key=a.id_key, url_key=a.url_key)
+    try:
+        summary = dedup_files(a.input, a.output, a.clusters, cfg, workers=a.workers,
+                              on_error=a.on_error, work_dir=a.work_dir, resume=not a.no_resume,
+                              progress=not a.no_progress)
+    except (ValueError, FileNotFoundError) as e:  # RecordError is a ValueError: file:line: ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(summary, a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="with --dry-run: number of GPUs to plan for (default: WORLD_SIZE or 1)")
     ap.add_argument("--json", action="store_true", help="with --dry-run: last line is one JSON object")
     args, overrides = ap.parse_known_args(argv)
+    import warnings
+
+    # megatron-core warns on every rank that TE/Apex are absent (expected on CPU) and torch's
+    # dcp about a renamed API; they drown the per-step log lines.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.core")
 
     from megatron_ar.training.config import ConfigError, load_config
 

@@ -10,9 +10,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ar.text.dedup import DedupConfig, dedup_files, print_summary  # noqa: E402
+from megatron_ar.text.dedup import DedupConfig, dedup_files, print_summary
 
 
 def main(argv=None):
@@ -38,7 +36,8 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes over input files x C++ threads (default: all cores)")
     p.add_argument("--work-dir", default=None,
-                   help="per-shard key files, for resume (default: OUTPUT.work)")
+                   help="per-input key files (8 bytes x (bands+2) per record), kept after the run so "
+                        "a rerun skips hashing (default: OUTPUT.work)")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")

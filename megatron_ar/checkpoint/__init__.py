@@ -11,8 +11,8 @@ Public API
   ``tools/checkpoint/compare_hf.py``.
 - Errors: :class:`CheckpointError`, :class:`UnknownModelTypeError`, :class:`ConfigMismatchError`.
 
-Importing this package patches nothing and does not import megatron-core's checkpointing until
-used.
+Importing this package patches nothing; conversion sets up (and tears down) its own one-process
+gloo group when none exists.
 """
 from megatron_ar.checkpoint.errors import (
     CheckpointError,

@@ -67,7 +67,8 @@ class ConversionResult:
     target_pipeline_parallel_size: int
     dtype: str
     seconds: float
-    peak_rss_bytes: int
+    peak_rss_bytes: int  # ru_maxrss of this process (includes everything before convert())
+    rss_before_streaming_bytes: int  # RSS after imports/planning, before the first tensor
     tokenizer_files: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -76,6 +77,12 @@ class ConversionResult:
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def _dir_bytes(path: str) -> int:
@@ -197,6 +204,7 @@ def _hf_to_megatron(model_type, load_dir, tmp, tp, pp, progress) -> Dict[str, An
                 return to_megatron(e, [reader.get(h) for h in e.hf], cfg, padded)
 
             bar = _Progress(len(layout.params), "hf->megatron", progress)
+            rss0 = _rss_bytes()
             try:
                 mio.save_streaming(layout, tmp, source, target_tp=tp, progress=bar)
             finally:
@@ -207,7 +215,8 @@ def _hf_to_megatron(model_type, load_dir, tmp, tp, pp, progress) -> Dict[str, An
             source={"format": "hf", "path": os.path.abspath(load_dir)})
         mio.write_checkpoint_info(tmp, info)
         numel = sum(_numel(reader.shape(n)) for n in needed)
-    return dict(cfg=cfg, padded=padded, dtype=mio.dtype_name(dtype), n=len(entries), numel=numel)
+    return dict(cfg=cfg, padded=padded, dtype=mio.dtype_name(dtype), n=len(entries), numel=numel,
+                rss0=rss0)
 
 
 def _numel(shape) -> int:
@@ -241,6 +250,7 @@ def _megatron_to_hf(model_type, load_dir, tmp, progress, max_shard_bytes) -> Dic
                 plan.append((name, shape, layout.dtype))
         writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes)
         bar = _Progress(len(entries), "megatron->hf", progress)
+        rss0 = _rss_bytes()
         try:
             for e in entries:
                 param = mio.load_param(layout, load_dir, e.megatron)
@@ -256,7 +266,7 @@ def _megatron_to_hf(model_type, load_dir, tmp, progress, max_shard_bytes) -> Dic
             bar.close()
     hf_cfg.save_pretrained(tmp)
     return dict(cfg=cfg, padded=info.padded_vocab_size, dtype=info.dtype, n=len(entries),
-                numel=sum(_numel(s) for _, s, _ in plan))
+                numel=sum(_numel(s) for _, s, _ in plan), rss0=rss0)
 
 
 def convert(model_type: str, loader: str, saver: str, load_dir: str, save_dir: str,
@@ -325,4 +335,5 @@ def convert(model_type: str, loader: str, saver: str, load_dir: str, save_dir: s
         target_tensor_parallel_size=target_tensor_parallel_size,
         target_pipeline_parallel_size=target_pipeline_parallel_size, dtype=facts["dtype"],
         seconds=round(time.time() - start, 3), peak_rss_bytes=_peak_rss_bytes(),
+        rss_before_streaming_bytes=facts["rss0"],
         tokenizer_files=copied)

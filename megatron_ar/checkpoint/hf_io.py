@@ -1,10 +1,12 @@
 """Streaming access to HF safetensors checkpoints (single file or sharded with an index json).
 
 Design choices
-- Reading uses ``safetensors.safe_open`` one tensor at a time (memory-mapped files, only the
-  requested tensor is materialised); shapes and dtypes come from the file headers
-  (``get_slice``) without touching tensor data, so a whole checkpoint can be validated before
-  any conversion work.
+- Reading: ``safetensors.safe_open`` validates each file's header and gives shapes/dtypes
+  (``get_slice``) without touching tensor data, so a whole checkpoint is validated before any
+  conversion work. Tensor bytes are then read one tensor at a time with plain ``readinto`` into
+  the tensor's own buffer at the header's ``data_offsets``: safetensors' only read path copies
+  out of a memory map, which makes every tensor resident twice for a moment (see
+  :meth:`HFCheckpointReader.get`); memory stays at one tensor.
 - Writing: ``safetensors.torch.save_file`` needs every tensor of a file in memory at once, which
   for a 9B model means gigabytes per shard. safetensors has no incremental writer, so
   :class:`StreamingSafetensorsWriter` writes the (tiny, documented) safetensors layout itself:
@@ -82,10 +84,11 @@ class HFCheckpointReader:
             raise CheckpointError(f"{directory}: no {SINGLE_NAME} or {INDEX_NAME}{hint}; "
                                   f"found {found[:20]}")
         self._header: Dict[str, Tuple[Tuple[int, ...], torch.dtype]] = {}
+        self._offsets: Dict[str, Tuple[int, int]] = {}  # absolute [begin, end) in the file
         for fname in sorted(set(self._weight_map.values())):
             path = os.path.join(directory, fname)
             try:
-                handle = safe_open(path, framework="pt")
+                handle = safe_open(path, framework="pt")  # validates the whole header
             except Exception as exc:  # safetensors raises its own error types
                 raise CheckpointError(f"{path}: cannot open as safetensors ({exc})") from exc
             with handle:
@@ -97,6 +100,13 @@ class HFCheckpointReader:
                     sl = handle.get_slice(name)
                     self._header[name] = (tuple(sl.get_shape()),
                                           dtype_from_safetensors(sl.get_dtype()))
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            for name, entry in header.items():
+                if name in self._header:
+                    begin, end = entry["data_offsets"]
+                    self._offsets[name] = (8 + n + begin, 8 + n + end)
 
     def keys(self) -> List[str]:
         return list(self._weight_map)
@@ -118,13 +128,29 @@ class HFCheckpointReader:
                                   f"checkpoint")
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor. The file is memory-mapped only for this call: a mapping kept open
-        accumulates every page read so far in this process's resident set (measured: RSS grew
-        to the checkpoint size), closing it leaves only the returned tensor."""
+        """Read one tensor with plain file I/O straight into its own buffer.
+
+        Why not ``safe_open(...).get_tensor``: it copies out of a memory map, so for a moment
+        the tensor is resident twice (mapped file pages count in RSS), and a mapping kept open
+        accumulates every page read so far (measured: RSS grew to the checkpoint size). The
+        header (offsets, shape, dtype) was validated by ``safe_open`` in ``__init__``.
+        """
         self._require(name)
+        shape, dtype = self._header[name]
+        begin, end = self._offsets[name]
+        out = torch.empty(shape, dtype=dtype)
+        view = out.reshape(-1).view(torch.uint8).numpy()
+        if view.nbytes != end - begin:
+            raise CheckpointError(f"{self.file_of(name)}: tensor {name!r} spans {end - begin} "
+                                  f"bytes, {shape} {dtype} needs {view.nbytes}")
         path = os.path.join(self.directory, self._weight_map[name])
-        with safe_open(path, framework="pt") as f:
-            return f.get_tensor(name)
+        with open(path, "rb", buffering=0) as f:
+            f.seek(begin)
+            got = f.readinto(memoryview(view)) if view.nbytes else 0
+        if got != view.nbytes:
+            raise CheckpointError(f"{path}: truncated, tensor {name!r} needs bytes "
+                                  f"[{begin}, {end}) but the file ends early")
+        return out
 
     def nbytes(self) -> int:
         total = 0

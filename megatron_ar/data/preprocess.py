@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shutil
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -202,6 +203,19 @@ def _iter_valid(task: ShardTask, keys: Sequence[str], stats: ErrorStats):
         yield line_no, rec
 
 
+_ENCODERS: dict = {}  # one tokenizer per process, reused across the shards it handles
+
+
+def _encoder(cfg: PreprocessConfig, threads: int) -> BatchEncoder:
+    key = (cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_file, cfg.merge_file,
+           tuple(cfg.tokenizer_special_tokens or ()), cfg.tokenizer_hf_include_special_tokens,
+           cfg.tokenizer_hf_use_fast, cfg.tokenizer_sentencepiece_legacy, cfg.fast, threads)
+    if key not in _ENCODERS:
+        _ENCODERS.clear()
+        _ENCODERS[key] = BatchEncoder(cfg, threads)
+    return _ENCODERS[key]
+
+
 def _partial_prefix(task: ShardTask, part: int, key: str) -> str:
     return task.output_path(f".p{part}.{key}")
 
@@ -212,17 +226,15 @@ def _encode_shard(task: ShardTask) -> dict:
     cfg: PreprocessConfig = task.options["cfg"]
     offset: int = task.options["line_offsets"].get(task.input_path, 0)
     threads: int = task.options["threads"]
-    enc = BatchEncoder(cfg, threads)
+    enc = _encoder(cfg, threads)
     dtype = DType.optimal_dtype(enc.vocab_size)
     nparts = cfg.effective_partitions()
-    split = None
+    split: Optional[Callable[[str], List[str]]] = None
     if cfg.split_sentences:
         from megatron_ar.data.sentence_split import make_splitter, split_long
 
         splitter, _ = make_splitter(cfg.lang, cfg.keep_newlines)
-
-        def split(t: str) -> List[str]:
-            return split_long(splitter, t)
+        split = functools.partial(split_long, splitter)
     norm = None
     if cfg.normalize_arabic:
         from megatron_ar.text.normalize import normalize_arabic as norm

@@ -1,50 +1,47 @@
 """megatron_ar.models: ModelConfig, the spec builder, presets, HF mapping and parameter counts.
 
-Public API
-- :class:`ModelConfig`, :class:`ConfigError`, :func:`padded_vocab_size` (``models.config``)
-- :func:`layer_spec`, :func:`block_spec`, :func:`te_available` (``models.spec``)
-- :func:`build_model`, :func:`build_model_chunk`, :func:`wrap_with_ddp`,
-  :func:`run_forward_backward`, :func:`forward_logits`, :func:`split_batch`, :func:`unwrap`
-  (``models.builder``)
-- :func:`load_full_state_dict`, :func:`gather_full_state_dict`, :func:`iter_global_params`
-  (``models.sharding``)
-- :func:`from_hf_config`, :func:`to_hf_config`, :func:`weight_table`, :func:`hf_to_megatron`,
-  :func:`megatron_to_hf` (``models.hf``)
-- :func:`get_preset`, :func:`list_presets`, :func:`register_preset` (``models.presets``)
-- :func:`param_counts` (``models.info``)
+Public API (all importable from ``megatron_ar.models``)
+- ``ModelConfig``, ``ConfigError``, ``padded_vocab_size``                    (models.config)
+- ``get_preset``, ``list_presets``, ``register_preset``                      (models.presets)
+- ``param_counts``                                                          (models.info)
+- ``from_hf_config``, ``to_hf_config``, ``weight_table``, ``WeightEntry``,
+  ``hf_to_megatron``, ``megatron_to_hf``, ``entry_to_megatron``, ``entry_to_hf``,
+  ``expected_shape``                                                        (models.hf)
+- ``layer_spec``, ``block_spec``, ``final_norm_spec``, ``te_available``      (models.spec)
+- ``build_model``, ``build_model_chunk``, ``wrap_with_ddp``, ``run_forward_backward``,
+  ``forward_logits``, ``split_batch``, ``unwrap``                           (models.builder)
+- ``load_full_state_dict``, ``gather_full_state_dict``, ``iter_global_params`` (models.sharding)
 
-Importing this package imports megatron-core but patches and registers nothing.
+Names are resolved lazily (PEP 562), so ``import megatron_ar.models`` and the info CLI do not
+pay megatron-core's multi-second import; nothing is patched or registered on import.
 """
-from megatron_ar.models.config import ConfigError, ModelConfig, padded_vocab_size
-from megatron_ar.models.presets import get_preset, list_presets, register_preset
-from megatron_ar.models.info import param_counts
-from megatron_ar.models.hf import (
-    from_hf_config,
-    hf_to_megatron,
-    megatron_to_hf,
-    to_hf_config,
-    weight_table,
-)
-from megatron_ar.models.spec import block_spec, layer_spec, te_available
-from megatron_ar.models.builder import (
-    build_model,
-    build_model_chunk,
-    forward_logits,
-    run_forward_backward,
-    split_batch,
-    unwrap,
-    wrap_with_ddp,
-)
-from megatron_ar.models.sharding import (
-    gather_full_state_dict,
-    iter_global_params,
-    load_full_state_dict,
-)
+import importlib
 
-__all__ = [
-    "ConfigError", "ModelConfig", "padded_vocab_size", "get_preset", "list_presets",
-    "register_preset", "param_counts", "from_hf_config", "hf_to_megatron", "megatron_to_hf",
-    "to_hf_config", "weight_table", "block_spec", "layer_spec", "te_available", "build_model",
-    "build_model_chunk", "forward_logits", "run_forward_backward", "split_batch", "unwrap",
-    "wrap_with_ddp", "gather_full_state_dict", "iter_global_params", "load_full_state_dict",
-]
+_EXPORTS = {
+    "megatron_ar.models.config": ("ModelConfig", "ConfigError", "padded_vocab_size"),
+    "megatron_ar.models.presets": ("get_preset", "list_presets", "register_preset"),
+    "megatron_ar.models.info": ("param_counts",),
+    "megatron_ar.models.hf": ("from_hf_config", "to_hf_config", "weight_table", "WeightEntry",
+                              "hf_to_megatron", "megatron_to_hf", "entry_to_megatron",
+                              "entry_to_hf", "expected_shape"),
+    "megatron_ar.models.spec": ("layer_spec", "block_spec", "final_norm_spec", "te_available"),
+    "megatron_ar.models.builder": ("build_model", "build_model_chunk", "wrap_with_ddp",
+                                   "run_forward_backward", "forward_logits", "split_batch",
+                                   "unwrap"),
+    "megatron_ar.models.sharding": ("load_full_state_dict", "gather_full_state_dict",
+                                    "iter_global_params"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'megatron_ar.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -147,8 +147,9 @@ def run_forward_backward(chunks: Sequence[torch.nn.Module], microbatches: Sequen
                          forward_only: bool = False) -> Optional[float]:
     """Run megatron-core's schedule over ``microbatches`` (dicts with ``tokens``, ``labels``,
     optional ``loss_mask``; all [micro_batch, seq]). Gradients accumulate in the parameters
-    (``.main_grad`` under DDP, after ``finalize_model_grads``). Returns the token-mean loss on
-    the last pipeline stage, None elsewhere."""
+    (``.main_grad`` under DDP, after ``finalize_model_grads``); the caller sets train/eval
+    mode and zeroes gradients (``zero_grad_buffer()`` under DDP). Returns the token-mean loss
+    on the last pipeline stage, None elsewhere."""
     mbs, seq = microbatches[0]["tokens"].shape
     losses = get_forward_backward_func()(
         forward_step_func=_forward_step,
@@ -181,19 +182,24 @@ def forward_logits(chunks: Sequence[torch.nn.Module], tokens: torch.Tensor,
         microbatches = [{"tokens": tokens[i:i + 1]} for i in range(tokens.shape[0])]
     else:
         microbatches = [{"tokens": tokens}]
+    was_training = [chunk.training for chunk in chunks]
     for chunk in chunks:
         chunk.eval()
-    with torch.no_grad():
-        out = get_forward_backward_func()(
-            forward_step_func=partial(_forward_step, with_labels=False),
-            data_iterator=_iterators(chunks, microbatches),
-            model=list(chunks),
-            num_microbatches=len(microbatches),
-            seq_length=tokens.shape[1],
-            micro_batch_size=microbatches[0]["tokens"].shape[0],
-            forward_only=True,
-            collect_non_loss_data=True,
-        )
+    try:
+        with torch.no_grad():
+            out = get_forward_backward_func()(
+                forward_step_func=partial(_forward_step, with_labels=False),
+                data_iterator=_iterators(chunks, microbatches),
+                model=list(chunks),
+                num_microbatches=len(microbatches),
+                seq_length=tokens.shape[1],
+                micro_batch_size=microbatches[0]["tokens"].shape[0],
+                forward_only=True,
+                collect_non_loss_data=True,
+            )
+    finally:
+        for chunk, mode in zip(chunks, was_training):
+            chunk.train(mode)
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
     logits = torch.cat(list(out), 0)

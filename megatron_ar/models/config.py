@@ -59,6 +59,7 @@ class ModelConfig:
         ``sliding_window_pattern``: ``all`` layers or ``alternate`` (0-based even layers local,
         odd layers global, Gemma-2).
     post_norms: Gemma-2 sandwich norms after attention and MLP.
+    hf_extra: HF-only config keys carried through conversion unchanged (token ids).
     """
 
     num_layers: int
@@ -92,6 +93,9 @@ class ModelConfig:
 
     def __post_init__(self):
         self.validate()
+        # Canonical form: MHA / default head_dim written out, so equal models compare equal.
+        self.num_query_groups = self.groups
+        self.kv_channels = self.head_dim
 
     # ------------------------------------------------------------------ validation
     def _fail(self, name: str, msg: str):
@@ -176,12 +180,15 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ megatron-core
     def activation_func(self):
-        from megatron.core.activations import squared_relu
         import torch.nn.functional as F
 
-        from megatron_ar.models.modules import gelu_tanh
+        from megatron_ar.models.modules import gelu_tanh, relu2
 
-        return {"swiglu": F.silu, "geglu_tanh": gelu_tanh, "relu2": squared_relu,
+        if self.activation == "relu2" and torch.cuda.is_available():
+            from megatron.core.activations import squared_relu
+
+            return squared_relu  # torch.compile-fused on GPU
+        return {"swiglu": F.silu, "geglu_tanh": gelu_tanh, "relu2": relu2,
                 "gelu": F.gelu}[self.activation]
 
     def to_transformer_config(

@@ -35,13 +35,13 @@ def _hf_get(hf_config, key: str, default: Any = None) -> Any:
 
 
 def _rope_theta(hf_config) -> float:
-    params = _hf_get(hf_config, "rope_parameters") or {}
+    # transformers >= 5 keeps RoPE settings in rope_parameters (rope_scaling is an alias);
+    # 4.x has rope_theta plus an optional rope_scaling dict.
+    params = _hf_get(hf_config, "rope_parameters") or _hf_get(hf_config, "rope_scaling") or {}
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in (None, "default"):
-        raise ConfigError(f"HF config rope_parameters.rope_type={rope_type!r}: only default RoPE "
-                          "is supported")
-    if _hf_get(hf_config, "rope_scaling"):
-        raise ConfigError(f"HF config rope_scaling={hf_config.rope_scaling!r} is not supported")
+        raise ConfigError(f"HF config rope_parameters/rope_scaling rope_type={rope_type!r}: only "
+                          "default RoPE is supported")
     theta = params.get("rope_theta", _hf_get(hf_config, "rope_theta"))
     return float(theta if theta is not None else 10000.0)
 

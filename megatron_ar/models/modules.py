@@ -41,6 +41,12 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """ReLU^2 (nanochat), eager. megatron-core's ``squared_relu`` is wrapped in torch.compile,
+    which on a CPU spends seconds compiling C++ per new shape; it is used on GPUs only."""
+    return torch.square(F.relu(x))
+
+
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(x / cap)`` (Gemma-2 soft-capping)."""
     return torch.tanh(x / cap) * cap

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -148,31 +148,47 @@ def _zero(*args, **kwargs) -> int:
     return 0
 
 
+def _distinct(fn, name: str):
+    """A fresh function object per patched attribute: torch._dynamo keys its rules on the
+    function objects found in ``torch.cuda`` and rejects one object under two names."""
+
+    def patched(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    patched.__name__ = name
+    patched.__qualname__ = f"cpu_emulation.{name}"
+    return patched
+
+
 def _cuda_patches() -> List[Tuple[Any, str, Any]]:
     import megatron.core.tensor_parallel.random as mrandom
 
     cuda = torch.cuda
-    patches = [
-        (cuda, "current_device", lambda: "cpu"),
-        (cuda, "get_rng_state", _cpu_get_rng_state),
-        (cuda, "set_rng_state", _cpu_set_rng_state),
-        (cuda, "manual_seed", _cpu_manual_seed),
-        (cuda, "manual_seed_all", _cpu_manual_seed),
-        (cuda, "synchronize", _noop),
-        (cuda, "empty_cache", _noop),
-        (cuda, "set_device", _noop),
-        (cuda, "device_count", lambda: 1),
-        (cuda, "current_stream", lambda *a, **k: _InertStream()),
-        (cuda, "default_stream", lambda *a, **k: _InertStream()),
-        (cuda, "Stream", _InertStream),
-        (cuda, "stream", lambda s=None: contextlib.nullcontext(s)),
-        (cuda, "memory_allocated", _zero),
-        (cuda, "max_memory_allocated", _zero),
-        (cuda, "memory_reserved", _zero),
-        (cuda, "reset_peak_memory_stats", _noop),
-        (mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.default_generator.get_state()),
-        (mrandom, "_set_cuda_rng_state", _cpu_set_rng_state),
-    ]
+    funcs = {
+        "current_device": lambda: "cpu",
+        "get_rng_state": _cpu_get_rng_state,
+        "set_rng_state": _cpu_set_rng_state,
+        "manual_seed": _cpu_manual_seed,
+        "manual_seed_all": _cpu_manual_seed,
+        "synchronize": _noop,
+        "empty_cache": _noop,
+        "set_device": _noop,
+        "device_count": lambda: 1,
+        "current_stream": lambda *a, **k: _InertStream(),
+        "default_stream": lambda *a, **k: _InertStream(),
+        "stream": lambda s=None: contextlib.nullcontext(s),
+        "memory_allocated": _zero,
+        "max_memory_allocated": _zero,
+        "memory_reserved": _zero,
+        "reset_peak_memory_stats": _noop,
+    }
+    patches = [(cuda, name, _distinct(fn, name)) for name, fn in funcs.items()]
+    patches.append((cuda, "Stream", _InertStream))
+    patches.append((mrandom, "_get_cuda_rng_state",
+                    _distinct(lambda *a, **k: torch.default_generator.get_state(),
+                              "_get_cuda_rng_state")))
+    patches.append((mrandom, "_set_cuda_rng_state",
+                    _distinct(_cpu_set_rng_state, "_set_cuda_rng_state")))
     return patches
 
 

@@ -96,9 +96,6 @@ def init_distributed(
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"init_distributed: backend must be 'gloo' or 'nccl', got {backend!r}")
-    if backend == "gloo":
-        install_cpu_emulation()
-
     if not dist.is_initialized():
         rank = _env_int("RANK") if rank is None else rank
         world_size = _env_int("WORLD_SIZE") if world_size is None else world_size
@@ -112,9 +109,15 @@ def init_distributed(
                 "init_distributed: missing " + ", ".join(missing)
                 + " (run under torchrun or pass them explicitly)"
             )
+    # Installed only once the arguments are known to be valid, so a failed call leaves the
+    # process untouched.
+    if backend == "gloo":
+        install_cpu_emulation()
+    if not dist.is_initialized():
         if backend == "nccl":
             local_rank = _env_int("LOCAL_RANK")
-            torch.cuda.set_device(local_rank if local_rank is not None else rank % torch.cuda.device_count())
+            torch.cuda.set_device(local_rank if local_rank is not None
+                                  else rank % torch.cuda.device_count())
         dist.init_process_group(
             backend=backend,
             init_method=f"tcp://{master_addr}:{master_port}",

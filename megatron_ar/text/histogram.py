@@ -13,7 +13,8 @@ Design choices (why):
   line number); a bucket keeps the k documents with the smallest keys. That is a uniform sample
   without replacement *and* mergeable across shards exactly (the k smallest of the union are the
   k smallest of the per-shard k smallest), so parallel runs and resumed runs give the same
-  sample as a serial run.
+  sample as a serial run. Each shard writes its k-per-bucket sample to ``.samples/`` and the
+  final merge streams those files, so memory does not grow with the number of shards.
 * Min-max normalisation needs the first pass; a fixed per-signal range would save it but would
   put most of a corpus into one bucket for unbounded signals (counts, entropy). The passes are
   separate resumable runs (their own done-marker folders; pass 2's fingerprint includes pass 1's
@@ -98,11 +99,17 @@ def _key(seed: int, shard: str, line_no: int) -> int:
     return int.from_bytes(h, "big")
 
 
+def _samples_path(out_dir: str, output_name: str) -> str:
+    return os.path.join(out_dir, ".samples", output_name + ".samples.jsonl")
+
+
 def hist_shard(task: ShardTask) -> dict:
+    """Bucket counts (in the summary, as {signal: {"0".."9": n}} so summaries add up) and this
+    shard's bottom-k sample per bucket (in a side file, so memory stays bounded)."""
     cfg: HistogramConfig = task.options
     k = cfg.samples_per_bucket
-    counts = {s: [0] * N_BINS for s in cfg.signals}
-    heaps: dict[str, list] = {f"{s}/{b}": [] for s in cfg.signals for b in range(N_BINS)}
+    counts = {s: {str(b): 0 for b in range(N_BINS)} for s in cfg.signals}
+    heaps: dict[tuple, list] = {(s, b): [] for s in cfg.signals for b in range(N_BINS)}
     n = 0
     for line_no, rec in iter_records(task.input_path, required_keys=(cfg.text_key,),
                                      on_error=task.on_error, progress=task.report):
@@ -113,29 +120,28 @@ def hist_shard(task: ShardTask) -> dict:
             lo, hi = cfg.ranges[s]
             v = float(sig[s])
             b = bucket_of(v, lo, hi)
-            counts[s][b] += 1
+            counts[s][str(b)] += 1
             if k:
-                h = heaps[f"{s}/{b}"]
+                h = heaps[(s, b)]
                 item = (-key, line_no, v)  # max-heap on key: pop the largest to keep the k smallest
                 if len(h) < k:
                     heapq.heappush(h, item)
                 elif -key > h[0][0]:
                     heapq.heapreplace(h, item)
     # second look at the chosen lines only, to attach their text (keeps the heaps small)
-    wanted: dict[int, None] = {}
-    for h in heaps.values():
-        for _, ln, _ in h:
-            wanted[ln] = None
+    wanted = {ln for h in heaps.values() for _, ln, _ in h}
     texts: dict[int, dict] = {}
     if wanted:
         for ln, rec in iter_records(task.input_path, required_keys=(cfg.text_key,), on_error="skip"):
             if ln in wanted:
                 texts[ln] = {"id": rec.get("id"), "text": rec[cfg.text_key][:cfg.max_chars]}
-    samples = {}
-    for name, h in heaps.items():
-        samples[name] = [{"key": -nk, "source": f"{task.input_path}:{ln}", "value": v, **texts[ln]}
-                         for nk, ln, v in h]
-    return {"docs": n, "counts": counts, "samples": samples}
+    with atomic_output(_samples_path(task.out_dir, task.output_name)) as f:
+        for (s, b), h in heaps.items():
+            for nk, ln, v in sorted(h, reverse=True):
+                f.write(json.dumps({"signal": s, "bucket": b, "key": -nk, "value": v,
+                                    "source": f"{task.input_path}:{ln}", **texts[ln]},
+                                   ensure_ascii=False) + "\n")
+    return {"docs": n, "counts": counts}
 
 
 def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[HistogramConfig] = None, *,
@@ -155,19 +161,28 @@ def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[Hist
         his = [r["max"][s] for r in p1.results.values() if r["max"][s] is not None]
         ranges[s] = [min(los), max(his)] if los else [0.0, 0.0]
     cfg2 = dataclasses.replace(cfg, ranges=ranges)
-    # pass 2 reads with on_error="skip" semantics only if pass 1 allowed skipping
     p2 = ShardRunner(inputs, out_dir, hist_shard, workers=workers, desc="histogram 2/2 (buckets)",
                      resume=resume, options=cfg2, on_error=on_error, progress=progress,
                      marker_dir=os.path.join(out_dir, ".shards-buckets"))
     s2 = p2.run()
-    counts = {s: [0] * N_BINS for s in cfg.signals}
-    merged: dict[str, list] = {}
-    for idx in sorted(p2.results):
-        r = p2.results[idx]
-        for s in cfg.signals:
-            counts[s] = [a + b for a, b in zip(counts[s], r["counts"][s])]
-        for name, items in r["samples"].items():
-            merged.setdefault(name, []).extend(items)
+    counts = {sg: [s2.get("counts", {}).get(sg, {}).get(str(b), 0) for b in range(N_BINS)]
+              for sg in cfg.signals}
+    # merge the per-shard bottom-k samples, one shard file at a time (bounded memory)
+    k = cfg.samples_per_bucket
+    heaps: dict[tuple, list] = {}
+    for t in p2.tasks():
+        path = _samples_path(out_dir, t.output_name)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                h = heaps.setdefault((row["signal"], row["bucket"]), [])
+                item = (-row["key"], row["source"], row)
+                if len(h) < k:
+                    heapq.heappush(h, item)
+                elif item[0] > h[0][0]:
+                    heapq.heapreplace(h, item)
     hist = {}
     for s in cfg.signals:
         lo, hi = ranges[s]
@@ -182,14 +197,13 @@ def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[Hist
     samples_path = os.path.join(out_dir, "samples.jsonl")
     n_samples = 0
     with atomic_output(samples_path) as f:
-        for s in cfg.signals:
+        for sg in cfg.signals:
+            lo, hi = ranges[sg]
+            width = (hi - lo) / N_BINS
             for b in range(N_BINS):
-                items = heapq.nsmallest(cfg.samples_per_bucket, merged.get(f"{s}/{b}", []),
-                                        key=lambda x: x["key"])
-                lo, hi = ranges[s]
-                width = (hi - lo) / N_BINS
+                items = sorted((it[2] for it in heaps.get((sg, b), [])), key=lambda x: x["key"])
                 for it in items:
-                    row = {"signal": s, "bucket": b, "bucket_range": [lo + b * width, lo + (b + 1) * width],
+                    row = {"signal": sg, "bucket": b, "bucket_range": [lo + b * width, lo + (b + 1) * width],
                            "value": it["value"], "id": it.get("id"), "source": it["source"],
                            "text": it.get("text", "")}
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -198,5 +212,6 @@ def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[Hist
             "histogram": hist_path, "samples_file": samples_path,
             "counts": {s: counts[s] for s in cfg.signals},
             "errors": s1.get("errors", ErrorStats().as_dict()),
-            "shards": s1["shards"], "shards_skipped": min(s1["shards_skipped"], s2["shards_skipped"]),
+            "input_bytes": s1["input_bytes"], "shards": s1["shards"],
+            "shards_skipped": min(s1["shards_skipped"], s2["shards_skipped"]),
             "seconds": round(s1["seconds"] + s2["seconds"], 3)}

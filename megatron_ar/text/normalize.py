@@ -1,13 +1,14 @@
 """Arabic text normalization for pre-training data (issue 3, item 2; Fanar report section 4).
 
 Every step is an option of :class:`ArabicNormalizeConfig`; :func:`build_normalizer` compiles the
-enabled steps once into at most one ``str.translate`` table, one NFKC/NFC call and a few compiled
-regexes, so normalizing a document never loops over characters in Python.
+enabled steps once into one character table (applied with C-speed ``str.replace`` for the
+characters present), one NFKC/NFC call and a few compiled regexes, so normalizing a document
+never loops over characters in Python.
 
 Order of the steps (why): HTML stripping first (entities like ``&#1614;`` decode to characters the
 later steps must see) -> Unicode normalization (NFKC turns presentation forms such as the lam-alef
 ligature U+FEFB into ``ل`` + ``ا`` and composes alef + combining hamza into ``أ``, so removing
-combining marks afterwards cannot destroy a hamza) -> one translate table (deletions and letter
+combining marks afterwards cannot destroy a hamza) -> one character table (deletions and letter
 mappings) -> whitespace.
 
 Defaults follow Fanar: diacritics (tashkeel) removed, tatweel removed, NFKC, zero-width and bidi
@@ -252,13 +253,21 @@ def build_normalizer(cfg: ArabicNormalizeConfig | None = None) -> Callable[[str]
     is_normalized = unicodedata.is_normalized
     normalize = unicodedata.normalize
 
+    # (char, replacement) pairs applied with str.replace, only for chars present in the text:
+    # ``in`` and ``replace`` are memchr-speed scans, which measured 2x faster than str.translate
+    # with a dict on diacritized hadith text (translate does a dict lookup per character).
+    # Equivalent to translate because no replacement contains a character that is itself replaced.
+    pairs = tuple((chr(k), v or "") for k, v in table.items())
+    assert not any(c in v for _, v in pairs for c, _ in pairs), "replacement chained into a key"
+
     def run(text: str) -> str:
         if cfg.strip_html:
             text = strip_html(text)
         if form is not None and not is_normalized(form, text):
             text = normalize(form, text)
-        if table:
-            text = text.translate(table)
+        for ch, rep in pairs:
+            if ch in text:
+                text = text.replace(ch, rep)
         if cfg.normalize_whitespace:
             text = _normalize_ws(text)
         return text

@@ -29,8 +29,10 @@ GopherRepetitionFilter) defines a signal, the definition is theirs; the Arabic a
   punctuation; we aggregate them to the fraction of lines (RPv2 lines: every ``\\n``-terminated
   segment, empty ones included, plus a non-empty tail).
 
-Performance (why it looks the way it does): character classes come from one ``str.translate``
-into a one-letter-per-character class string that ``str.count`` then scans at C speed; n-gram
+Performance (why it looks the way it does): the text is viewed as a numpy array of code points
+(one UTF-32 encode); character classes and the word-normalization deletions are lookups in
+per-code-point tables over the BMP (astral characters such as emoji count as "other" and are
+kept), so counting classes and diacritized letters is a ``bincount`` and a shifted AND; n-gram
 signals map words to integer ids and build exact n-gram ids with ``numpy.unique`` over
 (``(n-1)-gram id``, ``next word id``) pairs, so n-grams of all sizes cost a few sorts and no
 Python loop over positions. Ties for the most frequent n-gram go to the one seen first, as
@@ -41,7 +43,6 @@ occurrences overlap (``"ha ha ha"``), exactly as in RPv2; histograms clip.
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 import unicodedata
@@ -70,13 +71,15 @@ SIGNALS: dict[str, str] = {
     "digit_fraction": "digits (any script) / non-whitespace characters",
     "arabic_indic_digit_fraction": "Arabic-Indic and Extended Arabic-Indic digits / all digits",
     "symbol_to_word_ratio": "occurrences of '#', '...', '…' / raw words (rps_doc_symbol_to_word_ratio)",
-    "no_alpha_word_fraction": "raw words without any letter / raw words (rps_doc_frac_no_alph_words, any script)",
+    "no_alpha_word_fraction": "raw words without any letter (any script; tatweel is not a letter) / raw words "
+                              "(rps_doc_frac_no_alph_words)",
     "unique_word_fraction": "distinct normalized words / normalized words (rps_doc_frac_unique_words)",
     "unigram_entropy": "sum(-c/N log(c/N)) over normalized word counts (rps_doc_unigram_entropy)",
     "stop_word_fraction": "normalized words in the Arabic or English stop list / normalized words",
-    "duplicate_line_fraction": "lines (split on \\n+) equal to an earlier line / lines (Gopher)",
+    "duplicate_line_fraction": "lines (stripped text split on \\n+) equal to an earlier line / lines (Gopher)",
     "duplicate_line_char_fraction": "characters in such duplicate lines / characters (Gopher)",
-    "duplicate_paragraph_fraction": "paragraphs (split on \\n\\n+) equal to an earlier one / paragraphs (Gopher)",
+    "duplicate_paragraph_fraction": "paragraphs (stripped text split on \\n\\n+) equal to an earlier one / "
+                                    "paragraphs (Gopher)",
     "duplicate_paragraph_char_fraction": "characters in such duplicate paragraphs / characters (Gopher)",
     **{f"top_{n}gram_char_fraction":
        f"count x characters of the most frequent word {n}-gram / characters of all normalized words "
@@ -125,11 +128,23 @@ should so some such than that the their theirs them themselves then there these 
 through to too under until up very was we were what when where which while who whom why will with
 would you your yours yourself yourselves
 """.split())
-_STOP = STOP_WORDS_AR | STOP_WORDS_EN
-_FOLD = str.maketrans({"\u0623": "\u0627", "\u0625": "\u0627", "\u0622": "\u0627",
-                       "\u0671": "\u0627", "\u0649": "\u064a"})
 
-# --- character classes (one translate, then str.count) -------------------------------------------
+
+def _spellings(word: str) -> set[str]:
+    """All spellings of a folded stop word: each ا may be written أ إ آ ٱ, each ي as ى."""
+    out = {""}
+    for ch in word:
+        alts = "\u0627\u0623\u0625\u0622\u0671" if ch == "\u0627" else "\u064a\u0649" if ch == "\u064a" else ch
+        out = {o + a for o in out for a in alts}
+    return out
+
+
+# Matching folded words against folded lists, precomputed: the list expanded to every spelling,
+# so a lookup is one set membership test (no per-word folding).
+_STOP_AR_ALL = frozenset(x for w in STOP_WORDS_AR for x in _spellings(w))
+_STOP = _STOP_AR_ALL | STOP_WORDS_EN
+
+# --- character classes: per-code-point lookup tables -------------------------------------------
 _ARABIC_BLOCKS = ((0x0600, 0x06FF), (0x0750, 0x077F), (0x0870, 0x08FF), (0xFB50, 0xFDFF),
                   (0xFE70, 0xFEFF))
 _PRESENTATION = ((0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
@@ -139,70 +154,83 @@ def _in(cp: int, ranges) -> bool:
     return any(a <= cp <= b for a, b in ranges)
 
 
+_CLS = "XAFPMQTEDLW"  # class codes, index = value stored in the lookup table
+X_, A_, F_, P_, M_, Q_, T_, E_, D_, L_, W_ = range(len(_CLS))
+
+
 def _build_tables():
-    """Class table: A Arabic letter, F Farsi letter, P presentation-form letter, M diacritic,
-    Q Quranic mark, T tatweel, E Arabic-Indic digit, D other digit, L other letter,
-    W whitespace, X anything else. Also the normalization table for words."""
-    cls: dict[int, str] = {}
-    norm: dict[int, None] = {}
+    """Per-code-point lookup tables over the BMP (astral code points use U+FFFF's entries):
+    class (A Arabic letter, F Farsi letter, P presentation-form letter, M diacritic, Q Quranic
+    mark, T tatweel, E Arabic-Indic digit, D other digit, L other letter, W whitespace, X other)
+    and whether word normalization deletes the character."""
+    cls = np.zeros(0x10000, dtype=np.uint8)
+    delete = np.zeros(0x10000, dtype=bool)
     marks = set(map(ord, DIACRITICS))
     quran = set(map(ord, QURANIC_MARKS))
     farsi = set(map(ord, FARSI_LETTERS))
     for cp in range(0x10000):
         ch = chr(cp)
-        cat = unicodedata.category(ch)
         if cp in marks:
-            c = "M"
+            c = M_
         elif cp in quran:
-            c = "Q"
+            c = Q_
         elif cp == 0x0640:
-            c = "T"
+            c = T_
         elif ch.isspace():
-            c = "W"
+            c = W_
         elif 0x0660 <= cp <= 0x0669 or 0x06F0 <= cp <= 0x06F9:
-            c = "E"
+            c = E_
         elif ch.isdigit():
-            c = "D"
+            c = D_
         elif ch.isalpha():
             if cp in farsi:
-                c = "F"
+                c = F_
             elif _in(cp, _PRESENTATION):
-                c = "P"
+                c = P_
             elif _in(cp, _ARABIC_BLOCKS):
-                c = "A"
+                c = A_
             else:
-                c = "L"
+                c = L_
         else:
-            c = "X"
-        if c != "X" or cp < 0x80:
-            cls[cp] = c
+            c = X_
+        cls[cp] = c
+        cat = unicodedata.category(ch)
+        # Unicode punctuation + ASCII symbols ($+<=>^`|~ : string.punctuation, as RPv2)
         if cat.startswith("P") or (cp < 0x80 and cat.startswith("S")):
-            norm[cp] = None  # Unicode punctuation + ASCII symbols ($+<=>^`|~, as string.punctuation)
+            delete[cp] = True
     for ch in DIACRITICS + QURANIC_MARKS + TATWEEL + ZERO_WIDTH + BIDI_CONTROLS:
-        norm[ord(ch)] = None
-    return cls, norm
+        delete[ord(ch)] = True
+    delete[0xFFFF] = False  # astral characters (emoji...) are kept
+    return cls, delete
 
 
-_CLASS_TABLE, _NORM_TABLE = _build_tables()
-_CLASS_TABLE_X = str.maketrans(_CLASS_TABLE)  # unmapped BMP chars fall back below
+_CLASS_LUT, _DELETE_LUT = _build_tables()
+_IS_AR_LETTER = np.zeros(len(_CLS), dtype=bool)
+_IS_AR_LETTER[[A_, F_, P_]] = True
 _MARKS_IN_WORD = DIACRITICS + QURANIC_MARKS + TATWEEL + "\u0653\u0654\u0655"
 _RAW_WORD = re.compile(rf"[\w{_MARKS_IN_WORD}]+|[^\w\s{_MARKS_IN_WORD}]+")
-_HAS_LETTER = re.compile(r"[^\W\d_]")
+# raw tokens without a letter: punctuation/symbol runs, and word runs made of digits, "_" and marks
+_PUNCT_TOKEN = re.compile(rf"[^\w\s{_MARKS_IN_WORD}]+")
+_NUMERIC_TOKEN = re.compile(rf"(?<![\w{_MARKS_IN_WORD}])[\d_{_MARKS_IN_WORD}]+(?![\w{_MARKS_IN_WORD}])")
 _SENTENCE = re.compile(r"\b[^.!?\u061f\u06d4]+[.!?\u061f\u06d4]*")
 _LINES_SPLIT = re.compile(r"\n+")
 _PARA_SPLIT = re.compile(r"\n{2,}")
 _RSTRIP = " \t\r\n\f\v\u00a0" + BIDI_CONTROLS + ZERO_WIDTH
 
 
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _normalized_text(cps: np.ndarray) -> str:
+    keep = ~_DELETE_LUT[np.minimum(cps, 0xFFFF)]
+    return cps[keep].tobytes().decode("utf-32-le", "surrogatepass").lower()
+
+
 def normalized_words(text: str) -> list[str]:
     """Words after deleting punctuation, diacritics, Quranic marks, tatweel, zero-width/bidi
     characters and lowercasing (see the module docstring)."""
-    return text.translate(_NORM_TABLE).lower().split()
-
-
-def _class_string(text: str) -> str:
-    s = text.translate(_CLASS_TABLE_X)
-    return s
+    return _normalized_text(_codepoints(text)).split()
 
 
 def _lines(text: str) -> list[str]:
@@ -227,7 +255,7 @@ def _dupe_fraction(parts: list[str], total_chars: int) -> tuple[float, float]:
     return dup / len(parts), (dup_chars / total_chars if total_chars else 0.0)
 
 
-def _ngram_signals(words: list[str], out: dict) -> None:
+def _ngram_signals(words: list[str], out: dict, counts: Counter | None = None) -> None:
     n_words = len(words)
     for n in (2, 3, 4):
         out[f"top_{n}gram_char_fraction"] = 0.0
@@ -235,14 +263,16 @@ def _ngram_signals(words: list[str], out: dict) -> None:
         out[f"dupe_{n}gram_char_fraction"] = 0.0
     if n_words < 2:
         return
-    vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int64, count=n_words)
+    if counts is None:
+        counts = Counter(words)
+    if len(counts) == n_words:
+        return  # no word repeats, so no n-gram repeats
+    vocab = {w: i for i, w in enumerate(counts)}
+    ids = np.fromiter(map(vocab.__getitem__, words), dtype=np.int64, count=n_words)
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=n_words)
     total_chars = int(lengths.sum())
     if total_chars == 0:
         return
-    if len(vocab) == n_words:
-        return  # no word repeats, so no n-gram repeats
     csum = np.concatenate(([0], np.cumsum(lengths)))
     v = np.int64(len(vocab))
     gram = ids  # exact ids of the (n-1)-grams starting at each position
@@ -289,7 +319,8 @@ def compute_signals(text: str) -> dict[str, float]:
     r = PRECISION
     out: dict[str, float] = {}
     n_chars = len(text)
-    norm_text = text.translate(_NORM_TABLE).lower()
+    cps = _codepoints(text)
+    norm_text = _normalized_text(cps)
     words = norm_text.split()
     n_words = len(words)
     lines = _lines(text)
@@ -302,52 +333,57 @@ def compute_signals(text: str) -> dict[str, float]:
     word_chars = sum(map(len, words))
     out["mean_word_length"] = round(word_chars / n_words, r) if n_words else 0.0
 
-    cs = _class_string(text)
-    a, f, p = cs.count("A"), cs.count("F"), cs.count("P")
-    t, q = cs.count("T"), cs.count("Q")
-    e, d, lo, ws = cs.count("E"), cs.count("D"), cs.count("L"), cs.count("W")
+    cls = _CLASS_LUT[np.minimum(cps, 0xFFFF)]
+    cnt = np.bincount(cls, minlength=len(_CLS)).tolist()
+    a, f, p = cnt[A_], cnt[F_], cnt[P_]
+    t, q = cnt[T_], cnt[Q_]
+    e, d, lo, ws = cnt[E_], cnt[D_], cnt[L_], cnt[W_]
     ar_letters = a + f + p
     letters = ar_letters + lo
     out["arabic_fraction"] = round(ar_letters / letters, r) if letters else 0.0
     out["farsi_fraction"] = round(f / ar_letters, r) if ar_letters else 0.0
     deco = p + t + q
     out["decorated_fraction"] = round(deco / (ar_letters + t + q), r) if ar_letters + t + q else 0.0
-    diac = cs.count("AM") + cs.count("FM") + cs.count("PM")
+    if ar_letters and cnt[M_]:
+        diac = int(np.count_nonzero(_IS_AR_LETTER[cls[:-1]] & (cls[1:] == M_)))
+    else:
+        diac = 0
     out["diacritics_fraction"] = round(diac / ar_letters, r) if ar_letters else 0.0
     non_ws = n_chars - ws
     out["digit_fraction"] = round((e + d) / non_ws, r) if non_ws else 0.0
     out["arabic_indic_digit_fraction"] = round(e / (e + d), r) if e + d else 0.0
 
-    raw_words = _RAW_WORD.findall(text)
-    n_raw = len(raw_words)
+    n_raw = len(_RAW_WORD.findall(text))
     n_sym = sum(text.count(s) for s in _SYMBOLS)
     out["symbol_to_word_ratio"] = round(n_sym / n_raw, r) if n_raw else 0.0
-    with_letter = sum(1 for w in raw_words if _HAS_LETTER.search(w))
-    out["no_alpha_word_fraction"] = round(1.0 - with_letter / n_raw, r) if n_raw else 0.0
+    no_letter = len(_PUNCT_TOKEN.findall(text)) + len(_NUMERIC_TOKEN.findall(text))
+    out["no_alpha_word_fraction"] = round(no_letter / n_raw, r) if n_raw else 0.0
 
+    counts = Counter(words)
     if n_words:
-        counts = Counter(words)
         out["unique_word_fraction"] = round(len(counts) / n_words, r)
-        out["unigram_entropy"] = round(
-            -sum(c / n_words * math.log(c / n_words) for c in counts.values()), r)
-        folded = norm_text.translate(_FOLD).split() if any(x in norm_text for x in "أإآٱى") else words
+        pr = np.fromiter(counts.values(), dtype=np.float64, count=len(counts)) / n_words
+        out["unigram_entropy"] = round(float(-(pr * np.log(pr)).sum()), r)
         n_stop = 0
-        for w in folded:
-            if w in _STOP or (len(w) > 2 and w[0] in "وف" and w[1:] in STOP_WORDS_AR):
-                n_stop += 1
+        for w, c in counts.items():  # unique words only
+            if w in _STOP or (len(w) > 2 and w[0] in "وف" and w[1:] in _STOP_AR_ALL):
+                n_stop += c
         out["stop_word_fraction"] = round(n_stop / n_words, r)
     else:
         out["unique_word_fraction"] = out["unigram_entropy"] = out["stop_word_fraction"] = 0.0
 
     stripped = text.strip()
-    gl = [x for x in _LINES_SPLIT.split(stripped)] if stripped else []
-    gp = [x for x in _PARA_SPLIT.split(stripped)] if stripped else []
+    if "\n" in stripped:
+        gl = _LINES_SPLIT.split(stripped)
+        gp = _PARA_SPLIT.split(stripped)
+    else:
+        gl = gp = [stripped] if stripped else []
     out["duplicate_line_fraction"], out["duplicate_line_char_fraction"] = (
         round(x, r) for x in _dupe_fraction(gl, n_chars))
     out["duplicate_paragraph_fraction"], out["duplicate_paragraph_char_fraction"] = (
         round(x, r) for x in _dupe_fraction(gp, n_chars))
 
-    _ngram_signals(words, out)
+    _ngram_signals(words, out, counts)
 
     if n_lines:
         ends = [ln.rstrip(_RSTRIP) for ln in lines]

@@ -191,11 +191,16 @@ def merge_tokenizers(cfg: MergeConfig) -> dict:
     kept_set: set = set()
     waiting: dict[str, list[tuple[str, str]]] = defaultdict(list)
 
+    n_base = len(avail)
+
+    def full() -> bool:  # budget counts distinct tokens: two sources may build one token
+        return len(avail) - n_base >= budget  # by different merges (both merges are kept)
+
     def try_accept(m) -> None:
         stack = [m]
-        while stack and len(kept) < budget:
+        while stack:
             m = stack.pop()
-            if m in kept_set:
+            if m in kept_set or (full() and (m[0] + m[1]) not in avail):
                 continue
             missing = [p for p in m if p not in avail]
             if missing:
@@ -210,8 +215,8 @@ def merge_tokenizers(cfg: MergeConfig) -> dict:
     for m in sorted(forced, key=lambda m: relrank[m]):
         try_accept(m)
     for m in order:
-        if len(kept) >= budget:
-            break
+        if full() and (m[0] + m[1]) not in avail:
+            continue  # only merges adding no token (alternative producers) still fit
         try_accept(m)
 
     final = sorted(kept, key=lambda m: relrank[m])

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
 import time

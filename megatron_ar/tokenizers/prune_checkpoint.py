@@ -67,12 +67,15 @@ class _StreamingSafetensorsWriter:
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         offset = 0
+        self.total_numel = 0
         self._expected: dict[str, int] = {}
         self._order = []
         for name, dtype, shape in entries:
             if dtype not in _DTYPE_BYTES:
                 raise CheckpointPruneError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-            nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPE_BYTES[dtype]
+            numel = int(np.prod(shape, dtype=np.int64))
+            nbytes = numel * _DTYPE_BYTES[dtype]
+            self.total_numel += numel
             header[name] = {"dtype": dtype, "shape": list(shape),
                             "data_offsets": [offset, offset + nbytes]}
             self._expected[name] = nbytes
@@ -161,8 +164,8 @@ def prune_checkpoint(src: str, dst: str, id_map: np.ndarray,
                      skip_files: Iterable[str] = (), progress: bool = True) -> dict:
     """Write ``src`` (an HF safetensors checkpoint dir) into existing dir ``dst`` with the
     vocabulary rows kept by ``id_map`` (old id -> new id, -1 dropped; kept ids must map to
-    0..N-1 in increasing old-id order). Returns ``{"tensors_pruned": [...], "files": [...],
-    "vocab_size": N}``. Files in ``skip_files`` (tokenizer files) are not copied."""
+    0..N-1 in increasing old-id order). Returns ``{"tensors_pruned", "files", "vocab_size",
+    "bytes", "parameters"}``. Files in ``skip_files`` (tokenizer files) are not copied."""
     cfg_path = os.path.join(src, "config.json")
     if not os.path.isfile(cfg_path):
         raise CheckpointPruneError(f"{src}: no config.json")
@@ -184,7 +187,7 @@ def prune_checkpoint(src: str, dst: str, id_map: np.ndarray,
     files, index = _shards(src)
     pruned: list[str] = []
     weight_map: dict[str, str] = {}
-    total_size = 0
+    total_size = total_numel = 0
     for fn in files:
         with safe_open(os.path.join(src, fn), framework="pt") as sf:
             names = list(sf.keys())
@@ -207,7 +210,8 @@ def prune_checkpoint(src: str, dst: str, id_map: np.ndarray,
                 writer.begin(name)
                 if name in vocab_names:
                     sl = sf.get_slice(name)
-                    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * _DTYPE_BYTES[dtype])
+                    row_elems = int(np.prod(shape[1:], dtype=np.int64))
+                    row_bytes = max(1, row_elems * _DTYPE_BYTES[dtype])
                     chunk = max(1, _ROW_CHUNK_BYTES // row_bytes)
                     for start in range(0, old_vocab, chunk):
                         stop = min(old_vocab, start + chunk)
@@ -223,12 +227,16 @@ def prune_checkpoint(src: str, dst: str, id_map: np.ndarray,
                 weight_map[name] = fn
             writer.close()
             total_size += writer.total_bytes
+            total_numel += writer.total_numel
     if not pruned:
         raise CheckpointPruneError(
             f"{src}: no embedding/LM-head tensor with {old_vocab} rows found")
     if index is not None:
         new_index = dict(index)
-        new_index["metadata"] = dict(index.get("metadata") or {}, total_size=total_size)
+        meta = dict(index.get("metadata") or {}, total_size=total_size)
+        if "total_parameters" in meta:  # written by transformers >= 4.5x; would go stale
+            meta["total_parameters"] = total_numel
+        new_index["metadata"] = meta
         new_index["weight_map"] = weight_map
         with open(os.path.join(dst, _INDEX_NAME), "w", encoding="utf-8") as f:
             json.dump(new_index, f, indent=2)
@@ -252,4 +260,4 @@ def prune_checkpoint(src: str, dst: str, id_map: np.ndarray,
             continue
         shutil.copy2(p, os.path.join(dst, fn))
     return {"tensors_pruned": sorted(pruned), "files": files, "vocab_size": new_vocab,
-            "bytes": total_size}
+            "bytes": total_size, "parameters": total_numel}

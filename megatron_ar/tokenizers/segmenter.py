@@ -36,7 +36,6 @@ Design choices:
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Iterable, Mapping, Optional, Protocol
 
 __all__ = [

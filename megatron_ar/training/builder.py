@@ -27,8 +27,18 @@ from megatron_ar.training.config import ConfigError, TrainConfig, save_config
 
 
 def model_config_from(cfg: TrainConfig):
+    """ModelConfig of the recipe: a preset name, or a converted checkpoint directory (its
+    ``model_config.json``), with ``model.overrides`` and ``model.seq_length`` applied."""
     from megatron_ar.models.presets import get_preset
 
+    if os.path.isdir(cfg.model.preset):
+        from megatron_ar.checkpoint import read_checkpoint_info
+
+        mc = read_checkpoint_info(cfg.model.preset).model_config
+        try:
+            return mc.replace(**dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.overrides: {exc}") from exc
     try:
         return get_preset(cfg.model.preset, **dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
     except KeyError as exc:
@@ -166,13 +176,30 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
         checkpointing.load_weights(model, load_dir)
         optimizer.reload_model_params()
     elif cfg.checkpoint.pretrained_checkpoint:
-        checkpointing.load_weights(model, cfg.checkpoint.pretrained_checkpoint)
+        load_initial_weights(model, cfg.checkpoint.pretrained_checkpoint, mc)
         optimizer.reload_model_params()
     if hasattr(data, "load_state_dict") and not resumed:
         data.consumed_samples = state.consumed_samples
     if layout.rank == 0:
         save_config(cfg, os.path.join(cfg.logging.run_dir, "config.yaml"))
     return state
+
+
+def load_initial_weights(model, path: str, mc) -> None:
+    """Weights only: a megatron_ar training checkpoint (root or iter dir), or a checkpoint
+    written by the HF->Megatron converter (architecture checked field by field against the
+    recipe's model). Resharded to this run's TP/PP on load."""
+    from megatron_ar.training import checkpointing
+
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint.pretrained_checkpoint: {path} does not exist")
+    if (os.path.isfile(os.path.join(path, "train_state.json"))
+            or os.path.isfile(os.path.join(path, checkpointing.POINTER))):
+        checkpointing.load_weights(model, path)
+        return
+    from megatron_ar.checkpoint import load_into_model
+
+    load_into_model(model, path, model_config=mc)
 
 
 def close_run(state) -> None:

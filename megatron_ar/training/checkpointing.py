@@ -4,10 +4,12 @@ Layout of a checkpoint root (``checkpoint.save``)::
 
     latest_checkpointed_iteration.txt      pointer (Megatron-LM's file name), written last
     iter_0000200/                          one published checkpoint
-        metadata.json, *.distcp, common.pt dist_checkpointing: model, optimizer, scheduler,
-                                           stateful callbacks (common part)
+        metadata.json, *.distcp, common.pt dist_checkpointing: model, optimizer, scheduler
+        model_config.json                  the converter's format (export with
+                                           tools/checkpoint/convert.py --loader megatron)
         train_state.json                   iteration, consumed samples/tokens, seed, data
-                                           position + fingerprint, parallel layout
+                                           position + fingerprint, parallel layout, stateful
+                                           callbacks (loss-spike window)
         config.yaml                        the resolved recipe of the run that saved it
         rng/rank_00003.pt                  python/numpy/torch/CUDA + TP-tracker RNG states
 
@@ -116,8 +118,6 @@ def _full_sharded_state_dict(state, is_loading: bool) -> Dict[str, Any]:
     sd["optimizer"] = state.optimizer.sharded_state_dict(sd, is_loading=is_loading,
                                                          metadata=_OPT_METADATA)
     sd["opt_param_scheduler"] = state.scheduler.state_dict()
-    sd["callbacks"] = {getattr(cb, "name", type(cb).__name__): cb.state_dict()
-                       for cb in state.callbacks if hasattr(cb, "state_dict")}
     return sd
 
 
@@ -158,6 +158,9 @@ def train_state_dict(state) -> Dict[str, Any]:
         "data_fingerprint": data_fingerprint(state.data),
         "layout": _layout_dict(state.layout),
         "train_iters": state.train_iters,
+        # Stateful callbacks (e.g. the loss-spike window); JSON floats round-trip exactly.
+        "callbacks": {getattr(cb, "name", type(cb).__name__): _jsonable(cb.state_dict())
+                      for cb in state.callbacks if hasattr(cb, "state_dict")},
     }
 
 
@@ -203,9 +206,17 @@ def save_checkpoint(state, root: Optional[str] = None) -> str:
             json.dump(train_state_dict(state), f, indent=1)
         save_config(state.cfg, os.path.join(tmp, "config.yaml"))
         mc = getattr(state, "model_config", None)
-        if mc is not None and hasattr(mc, "to_dict"):
-            with open(os.path.join(tmp, "model_config.json"), "w", encoding="utf-8") as f:
-                json.dump(_jsonable(mc.to_dict()), f, indent=1)
+        if mc is not None:
+            # The converter's format, so tools/checkpoint/convert.py --loader megatron exports
+            # a training checkpoint to HF directly.
+            from megatron_ar.checkpoint.megatron_io import CheckpointInfo, write_checkpoint_info
+
+            write_checkpoint_info(tmp, CheckpointInfo(
+                model_config=mc, padded_vocab_size=mc.padded_vocab_size(state.layout.tp),
+                tensor_model_parallel_size=state.layout.tp,
+                pipeline_model_parallel_size=state.layout.pp,
+                dtype="bfloat16" if state.cfg.optimizer.bf16 else "float32",
+                source={"megatron_ar.train": {"iteration": state.iteration}}))
     _barrier()
     if rank == 0:
         if os.path.isdir(final):  # re-saving an iteration (e.g. after a resume): replace it
@@ -278,13 +289,13 @@ def load_checkpoint(state, path: str, ignore_data_change: bool = False) -> Dict[
     else:
         sd = model_sharded_state_dict(state.model)
         sd["opt_param_scheduler"] = state.scheduler.state_dict()
-        sd["callbacks"] = {}
     loaded = dist_checkpointing.load(sd, ckpt)
     _load_model(state.model, loaded)
     if load_optim:
         state.optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_step_tensors(state.optimizer)
     state.scheduler.load_state_dict(loaded["opt_param_scheduler"])
-    cbs = loaded.get("callbacks") or {}
+    cbs = ts.get("callbacks") or {}
     for cb in state.callbacks:
         key = getattr(cb, "name", type(cb).__name__)
         if key in cbs and hasattr(cb, "load_state_dict"):
@@ -340,6 +351,20 @@ def _patch_step_copy(opt) -> None:
 
     opt._set_main_param_and_optimizer_states = patched
     opt._megatron_ar_step_patch = True
+
+
+def _unshare_step_tensors(optimizer) -> None:
+    """Work around megatron-core 0.16 ``DistributedOptimizer.load_state_dict`` with torch's
+    AdamW: it assigns *one* ``step`` tensor object to every parameter's state; torch increments
+    ``state["step"]`` in place once per parameter, so after a resume the shared counter advanced
+    by the number of parameters per iteration and Adam's bias correction went wrong (measured:
+    the second step after resume differed; with this fix resume is bit-exact). Give every state
+    its own copy."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        for st in getattr(inner, "state", {}).values():
+            if isinstance(st, dict) and torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].clone()
 
 
 def _load_model(model, loaded: Dict[str, Any], strict: bool = True) -> None:

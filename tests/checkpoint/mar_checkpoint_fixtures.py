@@ -2,7 +2,9 @@
 
 The configs exercise every converter path: GQA (query groups < heads), Gemma-2's head_dim !=
 hidden/heads, sliding window shorter than the test sequence, both soft-caps, tied (Gemma-2) and
-untied (Llama) embeddings, and a vocab (1000) that Megatron must pad (to 1024 at TP 1/2/4).
+untied (Llama) embeddings, and vocabs Megatron must pad: Llama 1000 (1024 at TP 1/2/4), Gemma-2
+1100 (1152 at TP=1 but 1280 at TP=2, so loading a TP=1 conversion at TP=2 exercises
+megatron-core's padded-vocab resharding).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Dict
 
 import torch
 
-VOCAB = 1000
+VOCAB = {"llama": 1000, "gemma2": 1100}
+TOKENIZER_VOCAB = 1000
 
 
 def tiny_hf_model(kind: str, seed: int = 0):
@@ -20,12 +23,12 @@ def tiny_hf_model(kind: str, seed: int = 0):
 
     torch.manual_seed(seed)
     if kind == "llama":
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+        cfg = LlamaConfig(vocab_size=VOCAB["llama"], hidden_size=64, intermediate_size=96,
                           num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
                           max_position_embeddings=256, tie_word_embeddings=False)
         model = LlamaForCausalLM(cfg)
     elif kind == "gemma2":
-        cfg = Gemma2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+        cfg = Gemma2Config(vocab_size=VOCAB["gemma2"], hidden_size=64, intermediate_size=96,
                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                            head_dim=24, max_position_embeddings=256, sliding_window=8,
                            query_pre_attn_scalar=24, attn_logit_softcapping=50.0,
@@ -41,7 +44,7 @@ def tiny_hf_model(kind: str, seed: int = 0):
     return model.eval()
 
 
-def train_tiny_tokenizer(texts, out_dir: str, vocab_size: int = VOCAB) -> str:
+def train_tiny_tokenizer(texts, out_dir: str, vocab_size: int = TOKENIZER_VOCAB) -> str:
     """A byte-level BPE (HF ``tokenizers``) trained on real text, saved for AutoTokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

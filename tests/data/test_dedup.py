@@ -183,8 +183,14 @@ def test_exact_mode_normalizes_arabic(bukhari_records):
     t = bukhari_records[5]["arabic"]
     plain = normalize_arabic(t)
     assert plain != t  # the hadith is diacritized; its plain copy differs byte-wise
-    roots = D.dedup_texts([t, plain, bukhari_records[6]["arabic"]], D.DedupConfig(mode="exact"))
-    assert roots.tolist() == [0, 0, 2]
+    # a copy typed with unified alef and tatweel (spelling variants folded by the matching key)
+    variant = plain.replace("أ", "ا").replace("إ", "ا").replace("الله", "اللـــه")
+    assert variant != plain
+    other = bukhari_records[6]["arabic"]
+    roots = D.dedup_texts([t, plain, variant, other], D.DedupConfig(mode="exact"))
+    assert roots.tolist() == [0, 0, 0, 3]
+    raw = D.dedup_texts([t, plain, variant, other], D.DedupConfig(mode="exact", normalize=False))
+    assert raw.tolist() == [0, 1, 2, 3]
 
 
 def test_url_mode():

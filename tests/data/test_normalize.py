@@ -59,7 +59,7 @@ def test_uthmani_script(quran):
         return hit / tot
 
     raw = overlap(lambda s: s)
-    assert raw < 0.35  # diacritics/wasla make most raw Uthmani words differ from simple-clean
+    assert raw < 0.1  # measured 0.044: diacritics/wasla make raw Uthmani words differ from simple-clean
     assert overlap(norm) > 0.8 and overlap(dag) > overlap(norm)
 
 

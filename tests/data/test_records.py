@@ -58,10 +58,11 @@ MALFORMED = [
     (b'["text", "x"]\n', "not_object"),
     (b'{"id": 2, "body": "x"}\n', "missing_key"),
     (b'{"id": 2, "text": 17}\n', "bad_type"),
+    (b'{"id": 2, "text": "a\\ud800b"}\n', "invalid_utf8"),  # escaped lone surrogate
 ]
 
 
-@pytest.mark.parametrize("line,kind", MALFORMED, ids=[k for _, k in MALFORMED])
+@pytest.mark.parametrize("line,kind", MALFORMED, ids=[k for _, k in MALFORMED[:-1]] + ["lone_surrogate"])
 def test_malformed_line_reported_with_file_and_line(tmp_path, hadith_docs, line, kind):
     path = str(tmp_path / "in.jsonl")
     good = [dump_record(d).encode() for d in hadith_docs[:3]]

@@ -9,7 +9,6 @@ import os
 import re
 from collections import Counter
 
-import material
 import pytest
 
 from megatron_ar.text.signals import SIGNAL_NAMES, SIGNALS, compute_signals, normalized_words
@@ -235,3 +234,18 @@ def test_matches_counter_definition_on_corpus(bukhari_records):
             assert s[k] == approx(v), (k, r["id"])
             checked += v > 0
     assert checked > 300  # many non-zero values were compared
+
+
+def test_no_alpha_words_on_mixed_material():
+    """Token-by-token reference (WordPunct-style tokens that keep Arabic marks inside words,
+    letter = a word character that is not a digit, "_" or tatweel) on hadith, English, code."""
+    import material
+
+    m = material.mixed_texts(100, 100, 10)
+    marks = "\u064b-\u065f\u0670\u0610-\u061a\u06d6-\u06ed\u08d3-\u08ff\u0640"
+    tok = re.compile(rf"[\w{marks}]+|[^\w\s{marks}]+")
+    letter = re.compile(r"[^\W\d_\u0640]")
+    for t in m["ar"] + m["en"] + m["code"]:
+        toks = tok.findall(t)
+        ref = sum(1 for w in toks if not letter.search(w)) / len(toks)
+        assert compute_signals(t)["no_alpha_word_fraction"] == approx(ref)

@@ -121,6 +121,7 @@ def _adamw_reference(state, grads, opt):
 
 def _distopt_step(cfg, state, microbatches, ref_after, ref_norm, tp, opt):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     from megatron_ar.models import gather_full_state_dict, run_forward_backward
 
@@ -134,6 +135,11 @@ def _distopt_step(cfg, state, microbatches, ref_after, ref_norm, tp, opt):
                         clip_grad=1e6,  # large: clipping is a no-op but the norm is computed
                         use_distributed_optimizer=True, params_dtype=torch.float32),
         chunks)
+    # As in training: the scheduler applies lr and weight decay x wd_mult (0 for 1-D params).
+    OptimizerParamScheduler(optimizer, init_lr=opt["lr"], max_lr=opt["lr"], min_lr=opt["lr"],
+                            lr_warmup_steps=0, lr_decay_steps=10, lr_decay_style="constant",
+                            start_wd=opt["weight_decay"], end_wd=opt["weight_decay"],
+                            wd_incr_steps=10, wd_incr_style="constant")
     for c in chunks:
         c.train()
         c.zero_grad_buffer()
@@ -194,6 +200,9 @@ def suite_world2(payload):
         _layout(2, 1)
         chunks = _build(cfg, d["state"], sp=True)
         res[f"parity/{name}/tp2sp"] = _logit_diff(chunks, cfg, d["tokens"], d["hf_logits"])
+        res[f"sharded/{name}/tp2"] = {
+            k: (v.key, tuple(v.global_shape), tuple(v.axis_fragmentations), tuple(v.replica_id))
+            for k, v in chunks[0].sharded_state_dict().items() if "norm" in k}
         loss, grads = refs[name]
         res[f"equiv/{name}/tp2sp"] = _equivalence(cfg, d["state"], d["microbatches"], loss,
                                                  grads, tp=2, pp=1, sp=True)

@@ -166,7 +166,9 @@ def test_distributed_optimizer_matches_adamw(world2, world4, which):
         assert e["ok"]
         assert e["max_update"] > 5e-3  # the step really moved the weights (~lr)
         assert e["max_param_diff"] <= 1e-5, e
-        assert abs(e["grad_norm"] - e["ref_grad_norm"]) <= 1e-5 * e["ref_grad_norm"], e
+        # megatron's reported norm accumulates per-tensor fp32 norms in another order than
+        # torch.linalg.vector_norm: measured 8e-6 .. 3e-5 relative, hence 1e-4 here.
+        assert abs(e["grad_norm"] - e["ref_grad_norm"]) <= 1e-4 * e["ref_grad_norm"], e
 
 
 # ------------------------------------------------------------------ runtime facts
@@ -180,6 +182,25 @@ def test_cpu_emulation_in_ranks(world2):
     # model-parallel RNG: same stream for equal TP rank, different across TP ranks
     assert tp1[0]["tp_rank_seed_sample"] == tp1[1]["tp_rank_seed_sample"]
     assert tp2[0]["tp_rank_seed_sample"] != tp2[1]["tp_rank_seed_sample"]
+
+
+def test_sharded_state_dict_norm_keys(world2):
+    """Dist-checkpoint keys keep megatron-core's local->TE mapping; Gemma-2 post-norms appear
+    under their own names, stacked over layers and replicated (not split) across TP."""
+    cfg = get_preset("tiny-gemma2")
+    ranks = world2["sharded/gemma2/tp2"]
+    for tp_rank, entries in enumerate(ranks):
+        keys = {v[0] for v in entries.values()}
+        assert keys == {"decoder.final_layernorm.weight",
+                        "decoder.layers.self_attention.linear_qkv.layer_norm_weight",
+                        "decoder.layers.mlp.linear_fc1.layer_norm_weight",
+                        "decoder.layers.post_self_attn_layernorm.weight",
+                        "decoder.layers.post_mlp_layernorm.weight"}
+        post = entries["decoder.layers.1.post_mlp_layernorm.weight"]
+        assert post[1] == (cfg.num_layers, cfg.hidden_size) and post[2] == (cfg.num_layers, 1)
+        assert post[3][1] == tp_rank  # TP replica index: replicated across TP
+    llama_keys = {v[0] for v in world2["sharded/llama/tp2"][0].values()}
+    assert "decoder.layers.post_mlp_layernorm.weight" not in llama_keys
 
 
 @pytest.mark.parametrize("model", ["llama", "gemma2"])

@@ -66,7 +66,7 @@ def work(tmp_path_factory, texts):
     return d
 
 
-def _tiny_gemma2(path: str, tied: bool, shard: str | None) -> str:
+def _tiny_gemma2(path: str, tied: bool, shard: str | None, bf16: bool = False) -> str:
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -79,6 +79,8 @@ def _tiny_gemma2(path: str, tied: bool, shard: str | None) -> str:
         for n, p in model.named_parameters():
             if "norm" in n:
                 p.normal_(0.0, 0.5)
+    if bf16:  # Gemma-2 ships bf16: exercises the raw-byte path numpy cannot represent
+        model = model.to(torch.bfloat16)
     kw = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(path, safe_serialization=True, **kw)
     return path
@@ -98,7 +100,7 @@ def pruned(work, tiny_untied, gemma_tokenizer_dir):
            "--target-vocab-size", "128256", "--output", out, "--checkpoint", tiny_untied,
            "--json"]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                        env=dict(os.environ, TQDM_DISABLE="1"))
     wall = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-3000:]
@@ -329,13 +331,16 @@ def test_pruned_checkpoint_logits_match(pruned, tiny_untied, old_tok, hf_new_tok
         assert json.load(f)["vocab_size"] == 128256
     with open(os.path.join(out, "model.safetensors.index.json")) as f:
         index = json.load(f)
-    size = 0
+    size = numel = 0
     for fn in sorted(set(index["weight_map"].values())):
         with safe_open(os.path.join(out, fn), framework="pt") as sf:
             for k in sf.keys():
                 t = sf.get_tensor(k)
                 size += t.numel() * t.element_size()
+                numel += t.numel()
+                assert index["weight_map"][k] == fn
     assert index["metadata"]["total_size"] == size
+    assert index["metadata"].get("total_parameters", numel) == numel
 
     text = _in_corpus_text(texts)
     old_ids = old_tok.encode(text).ids
@@ -352,15 +357,23 @@ def test_pruned_checkpoint_logits_match(pruned, tiny_untied, old_tok, hf_new_tok
 
 def test_tied_single_file_checkpoint(work, pruned, old_tok, id_map, texts):
     import torch
+    from safetensors import safe_open
 
     from megatron_ar.tokenizers.prune_checkpoint import prune_checkpoint
 
-    src = _tiny_gemma2(str(work / "tiny-tied"), tied=True, shard=None)
+    src = _tiny_gemma2(str(work / "tiny-tied"), tied=True, shard=None, bf16=True)
     assert os.path.isfile(os.path.join(src, "model.safetensors"))
     dst = work / "tiny-tied-pruned"
     dst.mkdir()
     info = prune_checkpoint(src, str(dst), id_map, progress=False)
     assert info["tensors_pruned"] == ["model.embed_tokens.weight"]
+    with safe_open(os.path.join(src, "model.safetensors"), framework="pt") as a, \
+            safe_open(str(dst / "model.safetensors"), framework="pt") as b:
+        assert b.metadata() == a.metadata() and set(b.keys()) == set(a.keys())
+        emb_a, emb_b = a.get_tensor("model.embed_tokens.weight"), b.get_tensor(
+            "model.embed_tokens.weight")
+        assert emb_b.dtype == torch.bfloat16
+        assert torch.equal(emb_b, emb_a[torch.from_numpy(np.flatnonzero(id_map >= 0))])
     ids = old_tok.encode(_in_corpus_text(texts)).ids
     _, l_old = _logits(src, ids)
     m_new, l_new = _logits(str(dst), id_map[ids].tolist())

@@ -32,8 +32,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
-    import torch
-
     from megatron_ar.checkpoint import CheckpointError, compare_with_hf, read_checkpoint_info
     from megatron_ar.checkpoint.compare import find_tokenizer_dir, tokens_from_text
     from megatron_ar.runtime import destroy_distributed, find_free_port, init_distributed
@@ -63,7 +61,6 @@ def main(argv=None) -> int:
         print(f"error: world size {layout.world_size} != TP x PP = {tp * pp}", file=sys.stderr)
         destroy_distributed()
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         result = compare_with_hf(a.hf_dir, a.megatron_dir, batches, names=a.text_file)
     finally:

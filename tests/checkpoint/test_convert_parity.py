@@ -1,0 +1,101 @@
+"""Converted checkpoints inside the real megatron_ar model at TP=2 x PP=2 (4 gloo processes).
+
+Oracles: transformers' fp32 logits of the original HF model (<= 1e-4 max abs, top-1 identical)
+and megatron-core's own ``dist_checkpointing.save`` of the loaded TP=2 x PP=2 model: our
+streamed checkpoint must have exactly its keys, global shapes, shard layout and values.
+Covered on the way: padded vocab resharding (Gemma-2 converted for TP=1, padded 1152, loaded at
+TP=2 whose model pads to 1280), tied embeddings on the last pipeline stage, sliding window
+shorter than the sequence, soft-caps, GQA and head_dim != hidden/heads.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mar_checkpoint_fixtures import tiny_hf_model, train_tiny_tokenizer
+from mar_checkpoint_workers import parity_and_megatron_save
+from megatron_ar.checkpoint import convert
+from megatron_ar.runtime import run_multiprocess
+
+SEQ = 48  # > Gemma-2 sliding window (8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, bukhari_records):
+    root = tmp_path_factory.mktemp("parity")
+    texts = [r["arabic"] for r in bukhari_records[:300]] + \
+            [r["english"]["text"] for r in bukhari_records[:300]]
+    tok_dir = train_tiny_tokenizer(texts, str(root / "tok"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ids = tok(" ".join(texts[:4] + texts[300:304]))["input_ids"]
+    tokens = torch.tensor(ids[: 2 * SEQ]).reshape(2, SEQ)
+    dirs = {}
+    for kind, tp in (("llama", 2), ("gemma2", 1)):
+        hf = str(root / f"{kind}-hf")
+        tiny_hf_model(kind).save_pretrained(hf)
+        tok.save_pretrained(hf)
+        meg = str(root / f"{kind}-meg")
+        convert(kind, "hf", "megatron", hf, meg, target_tensor_parallel_size=tp,
+                target_pipeline_parallel_size=2, progress=False)
+        dirs[kind] = (hf, meg)
+    return root, dirs, tokens
+
+
+def test_parity_tp2_pp2_and_megatron_layout(setup):
+    root, dirs, tokens = setup
+    resaved = str(root / "llama-resaved-by-megatron")
+    os.makedirs(resaved)
+    cases = [(k, hf, meg, tokens) for k, (hf, meg) in dirs.items()]
+    results = run_multiprocess(parity_and_megatron_save, 4, cases, 2, 2,
+                               (dirs["llama"][1], resaved), timeout=600)
+    for kind in dirs:
+        r = results[0][kind]
+        assert all(res[kind] == r for res in results)  # every rank reports the same numbers
+        assert r["tensor_model_parallel_size"] == 2 and r["pipeline_model_parallel_size"] == 2
+        assert r["num_positions"] == tokens.numel()
+        assert r["max_abs_diff"] <= 1e-4, (kind, r)
+        assert r["top1_agreement"] == 1.0, (kind, r)
+    assert results[0]["gemma2"]["checkpoint_padded_vocab_size"] == 1152
+
+    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    ours = FileSystemReader(dirs["llama"][1]).read_metadata().state_dict_metadata
+    theirs = FileSystemReader(resaved).read_metadata().state_dict_metadata
+    assert set(ours) == set(theirs)
+    tensors = {k for k, v in theirs.items() if isinstance(v, TensorStorageMetadata)}
+    assert len(tensors) == 9
+    for k in tensors:
+        assert ours[k].size == theirs[k].size, k
+        chunks = lambda md: sorted((tuple(c.offsets), tuple(c.sizes)) for c in md.chunks)
+        assert chunks(ours[k]) == chunks(theirs[k]), k
+        a = {k: torch.empty(ours[k].size)}
+        b = {k: torch.empty(theirs[k].size)}
+        load(a, storage_reader=FileSystemReader(dirs["llama"][1]), no_dist=True)
+        load(b, storage_reader=FileSystemReader(resaved), no_dist=True)
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_compare_cli_single_process_exit_status(setup):
+    """The CLI without torchrun (TP=PP=1): real numbers in the JSON last line, and exit status 1
+    when max |diff| is above --tolerance (here an impossible 1e-12; one launch checks both)."""
+    root, dirs, _ = setup
+    hf, meg = dirs["gemma2"]
+    text = root / "text.txt"
+    text.write_text("The Prophet said: actions are judged by intentions. " * 20, encoding="utf-8")
+    cmd = [sys.executable, "tools/checkpoint/compare_hf.py", "--hf-dir", hf, "--megatron-dir",
+           meg, "--text-file", str(text), "--seq-length", str(SEQ), "--tolerance", "1e-12",
+           "--json"]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["passed"] is False and summary["tolerance"] == 1e-12
+    assert 0 < summary["max_abs_diff"] <= 1e-4
+    assert summary["top1_agreement"] == 1.0 and summary["num_positions"] == 2 * SEQ
+    assert summary["tensor_model_parallel_size"] == 1

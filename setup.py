@@ -67,6 +67,8 @@ setup(
     extras_require={
         "te": ["transformer-engine[pytorch]"],
         "apex": ["apex"],
+        # GPL-3 Arabic segmenter: an optional MorphBPE plug-in, never a hard dependency.
+        "morph": ["farahidi"],
         "dev": [
             "pytest",
             "pytest-timeout",

@@ -176,7 +176,8 @@ def _emulation_checks():
 def suite_world2(payload):
     """TP=1 / TP=2+SP / PP=2(+VPP) HF parity; TP=2+SP, PP=2+VPP, DP=2 gradient equivalence;
     distributed optimizer step at DP=2; CPU-emulation facts; built-model parameter counts."""
-    from megatron_ar.models import ModelConfig, build_model, param_counts
+    from megatron_ar.models import (ModelConfig, build_model, gather_full_state_dict, get_preset,
+                                    param_counts)
 
     res: Dict[str, object] = {}
     hf = {k: (ModelConfig.from_dict(v["cfg"]), v) for k, v in payload["hf"].items()}
@@ -228,6 +229,19 @@ def suite_world2(payload):
     ref_after, ref_norm = _adamw_reference(d["state"], grads, payload["opt"])
     res["distopt/dp2"] = _distopt_step(cfg, d["state"], d["microbatches"], ref_after, ref_norm,
                                        tp=1, opt=payload["opt"])
+
+    # learnable QK-norm weights at TP=2 without SP: their grads are partial per head shard and
+    # must be summed over TP by finalize_model_grads (megatron-core's qk_layernorm rule)
+    cfg = get_preset("tiny-llama", family="gpt", qk_norm=True, name="tiny-llama-qknorm")
+    _layout(1, 1)
+    torch.manual_seed(11)
+    state = gather_full_state_dict(build_model(cfg), cfg)
+    state = {k: v + 0.1 * torch.randn_like(v) if "layernorm" in k else v
+             for k, v in state.items()}
+    mb = payload["hf"]["llama"]["microbatches"]
+    loss, grads = _reference(cfg, state, mb)
+    res["equiv/qknorm/tp2"] = _equivalence(cfg, state, mb, loss, grads, tp=2, pp=1, sp=False)
+    res["equiv/qknorm/n_qk"] = sum("q_layernorm" in k or "k_layernorm" in k for k in state)
     return res
 
 

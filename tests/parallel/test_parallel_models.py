@@ -143,9 +143,13 @@ def _check_equiv(entries):
 
 @pytest.mark.parametrize("key", ["equiv/llama/tp2sp", "equiv/gemma2/tp2sp",
                                  "equiv/llama/pp2vpp2", "equiv/gemma2/pp2vpp2",
-                                 "equiv/gemma2/dp2"])
+                                 "equiv/gemma2/dp2", "equiv/qknorm/tp2"])
 def test_grad_equivalence_2ranks(world2, key):
     _check_equiv(world2[key])
+
+
+def test_qk_norm_weights_present(world2):
+    assert world2["equiv/qknorm/n_qk"][0] == 2 * get_preset("tiny-llama").num_layers
 
 
 @pytest.mark.parametrize("key", ["equiv/llama/tp2pp2sp", "equiv/gemma2/tp2pp2sp"])

@@ -42,6 +42,5 @@ def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, train_data):
         logits = hf(input_ids=toks[:, :-1]).logits.float()
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)).item()
     print(f"\nstep-0 loss: megatron_ar TP=2 {ours:.7f}, transformers {ref:.7f} (ln V = {math.log(2048):.4f})")
+    # Agreement to 1e-5 is only possible with HF's weights: another init differs at 1e-3.
     assert ours == pytest.approx(ref, rel=1e-5)
-    # And it is not what a fresh random init gives (so the weights really came from HF).
-    assert abs(ours - math.log(2048)) > 1e-3 or abs(ref - math.log(2048)) < 1e-3

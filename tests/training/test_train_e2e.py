@@ -7,7 +7,7 @@ Layout of the runs (60 steps of 16 x 64 tokens; phase change at step 25; checkpo
   A: reference, uninterrupted, TP2 x PP2 (4 processes), distributed optimizer.
   B: a copy of A's step-20 checkpoint, resumed, saving every 2 steps, SIGKILLed at a random
      step in [23, 25) after its step-22 checkpoint;  C: B resumed (across the phase change)
-     until step 40 -> losses and consumed samples must equal A's bit for bit.
+     until step 30 -> losses and consumed samples must equal A's bit for bit.
   D: A's step-40 checkpoint resumed at TP1 x PP1 x DP2 (2 processes) for 3 steps.
 """
 import json

@@ -6,7 +6,8 @@ Public API
   ``tools/checkpoint/convert.py``.
 - :func:`load_into_model` (``checkpoint.megatron_io``): load a converted checkpoint as the
   weights of ``build_model`` chunks at any TP/PP/VPP (collective). :func:`read_checkpoint_info`
-  / :class:`CheckpointInfo`: the ModelConfig and facts saved beside the checkpoint.
+  / :func:`write_checkpoint_info` / :class:`CheckpointInfo`: the ModelConfig and facts saved
+  beside the checkpoint (a training save that wants HF export writes one too).
 - :func:`compare_with_hf` (``checkpoint.compare``): logit parity with transformers; CLI
   ``tools/checkpoint/compare_hf.py``.
 - Errors: :class:`CheckpointError`, :class:`UnknownModelTypeError`, :class:`ConfigMismatchError`.
@@ -24,12 +25,14 @@ from megatron_ar.checkpoint.megatron_io import (
     check_config_compatible,
     load_into_model,
     read_checkpoint_info,
+    write_checkpoint_info,
 )
 from megatron_ar.checkpoint.convert import ConversionResult, convert
 from megatron_ar.checkpoint.compare import compare_with_hf
 
 __all__ = [
     "CheckpointError", "ConfigMismatchError", "UnknownModelTypeError", "CheckpointInfo",
-    "check_config_compatible", "load_into_model", "read_checkpoint_info", "ConversionResult",
+    "check_config_compatible", "load_into_model", "read_checkpoint_info",
+    "write_checkpoint_info", "ConversionResult",
     "convert", "compare_with_hf",
 ]

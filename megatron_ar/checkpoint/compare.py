@@ -94,10 +94,11 @@ def compare_with_hf(hf_dir: str, megatron_dir: str, token_batches: Sequence[torc
     src = flags.index(True)
     names = list(names) if names is not None else [f"batch{i}" for i in range(len(token_batches))]
     mega = []
+    device = next(chunks[0].parameters()).device  # cuda under nccl, cpu under gloo
     for tokens in token_batches:
-        out = forward_logits(chunks, tokens, vocab_size=cfg.vocab_size)
+        out = forward_logits(chunks, tokens.to(device), vocab_size=cfg.vocab_size)
         if reporter:
-            mega.append(out.float())
+            mega.append(out.float().cpu())  # the HF oracle runs on the CPU
     del chunks
     result: List[Optional[Dict[str, object]]] = [None]
     if reporter:

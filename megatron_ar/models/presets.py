@@ -37,11 +37,12 @@ def list_presets() -> List[str]:
     return sorted(_PRESETS)
 
 
-def get_preset(name: str, **overrides) -> ModelConfig:
-    """A fresh ModelConfig for preset ``name`` with ``overrides`` applied (validated)."""
-    if name not in _PRESETS:
-        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    cfg = _PRESETS[name]()
+def get_preset(preset: str, /, **overrides) -> ModelConfig:
+    """A fresh ModelConfig for ``preset`` with ``overrides`` (any ModelConfig field, ``name``
+    included) applied and validated."""
+    if preset not in _PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
+    cfg = _PRESETS[preset]()
     return cfg.replace(**overrides) if overrides else cfg
 
 

@@ -1,1 +1,19 @@
-"""megatron_ar.training"""
+"""megatron_ar.training: recipes, the fit loop, optimizer + LR schedule, checkpoints, evaluation,
+back-tracing, logging (issue 5).
+
+Modules (importing this package imports none of them; megatron-core is loaded on use)
+- :mod:`config`: typed YAML recipe + Megatron-LM flag overrides (``load_config``).
+- :mod:`builder`: recipe -> process groups, model chunks, DDP, optimizer, data, callbacks,
+  resume / initial weights (``build_run``); ``megatron_ar.train`` is parse -> build -> fit.
+- :mod:`loop`: ``fit`` / ``train_step`` on megatron-core's forward-backward schedules.
+- :mod:`optimizer`: megatron-core optimizer + ``OptimizerParamScheduler`` with Fanar's cool-down.
+- :mod:`checkpointing`: dist_checkpointing save (publish by rename, keep-last-K) and resume at
+  any TP/PP/DP; initial weights for continual pretraining.
+- :mod:`callbacks`: metrics/TensorBoard/wandb logging, loss-spike detector, batch recorder,
+  evaluation and checkpoint triggers.
+- :mod:`eval`: validation loss and bits-per-byte per set, multiple-choice tasks, generations.
+- :mod:`backtrace`, :mod:`plots`, :mod:`memory`, :mod:`plan`, :mod:`metrics`: the library
+  behind ``tools/backtrace.py``, ``tools/plot_run.py``, ``tools/estimate_memory.py``,
+  ``--dry-run`` and the MFU figures.
+- :mod:`quickstart`, :mod:`tasks`: the CPU quickstart's data and the Arabic cloze task.
+"""

@@ -25,4 +25,8 @@ def parity_and_megatron_save(cases: List[Tuple[str, str, str, torch.Tensor]], tp
     chunks = build_model(read_checkpoint_info(src).model_config)
     load_into_model(chunks, src)
     dist_checkpointing.save(chunks[0].sharded_state_dict(), dst)
+    # Same job, another layout: PP=2 with 2 virtual stages per rank, DP=2 (model chunks > 1).
+    init_distributed(tp=1, pp=2, vpp=2)
+    name, hf_dir, meg_dir, tokens = cases[0]
+    out[name + "-pp2-vpp2-dp2"] = compare_with_hf(hf_dir, meg_dir, [tokens], names=[name])
     return out

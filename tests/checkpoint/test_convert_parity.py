@@ -1,4 +1,5 @@
-"""Converted checkpoints inside the real megatron_ar model at TP=2 x PP=2 (4 gloo processes).
+"""Converted checkpoints inside the real megatron_ar model at TP=2 x PP=2 and at PP=2 x VPP=2 x
+DP=2 (one job of 4 gloo processes).
 
 Oracles: transformers' fp32 logits of the original HF model (<= 1e-4 max abs, top-1 identical)
 and megatron-core's own ``dist_checkpointing.save`` of the loaded TP=2 x PP=2 model: our
@@ -61,6 +62,9 @@ def test_parity_tp2_pp2_and_megatron_layout(setup):
         assert r["max_abs_diff"] <= 1e-4, (kind, r)
         assert r["top1_agreement"] == 1.0, (kind, r)
     assert results[0]["gemma2"]["checkpoint_padded_vocab_size"] == 1152
+    vpp = results[0]["llama-pp2-vpp2-dp2"]  # virtual pipeline: several model chunks per rank
+    assert vpp["pipeline_model_parallel_size"] == 2 and vpp["tensor_model_parallel_size"] == 1
+    assert vpp["max_abs_diff"] <= 1e-4 and vpp["top1_agreement"] == 1.0, vpp
 
     from torch.distributed.checkpoint import FileSystemReader, load
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata

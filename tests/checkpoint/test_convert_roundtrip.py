@@ -89,6 +89,10 @@ def test_roundtrip_bit_identical(hf_dirs, tmp_path, kind, tp, pp):
     assert type(reloaded).__name__ == ("LlamaForCausalLM" if kind == "llama"
                                        else "Gemma2ForCausalLM")
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    # conversion set up its own 1-process group and CPU emulation and removed both again
+    from megatron_ar.runtime import cpu_emulation_installed
+
+    assert not torch.distributed.is_initialized() and not cpu_emulation_installed()
 
 
 def test_sharded_export_has_index(hf_dirs, tmp_path):

@@ -86,15 +86,34 @@ def _merge(per_rank):
     return merged
 
 
+_LAUNCHES = {}
+
+
+def _launch(fn, world_size, payload):
+    """Run a suite once per session, also when it fails: pytest re-runs a failing module
+    fixture for every test that uses it, which would relaunch the processes dozens of times."""
+    key = fn.__name__
+    if key not in _LAUNCHES:
+        try:
+            _LAUNCHES[key] = (True, _merge(run_multiprocess(fn, world_size, payload,
+                                                            timeout=600)))
+        except Exception as exc:  # re-raised (same object) for every dependent test
+            _LAUNCHES[key] = (False, exc)
+    ok, value = _LAUNCHES[key]
+    if not ok:
+        raise value
+    return value
+
+
 @pytest.fixture(scope="module")
 def world2(payload):
-    return _merge(run_multiprocess(workers.suite_world2, 2, payload, timeout=600))
+    return _launch(workers.suite_world2, 2, payload)
 
 
 @pytest.fixture(scope="module")
 def world4(payload):
     # 4 processes: TP=2 x PP=2 cannot be done with fewer (issue 2 asks for it explicitly).
-    return _merge(run_multiprocess(workers.suite_world4, 4, payload, timeout=600))
+    return _launch(workers.suite_world4, 4, payload)
 
 
 def _reported(values):

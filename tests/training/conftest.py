@@ -39,6 +39,7 @@ model:
 parallel:
   tensor_model_parallel_size: 2
   pipeline_model_parallel_size: 2
+  sequence_parallel: true
   use_distributed_optimizer: true
 optimizer:
   lr: 1.0e-2
@@ -157,3 +158,32 @@ def read_metrics(run_dir, kind="train"):
             if r.get("kind", "train") == kind:
                 out[r["step"]] = r
     return out
+
+
+def torchrun_signal_at(nproc, recipe, run_dir, step_done, sig, *overrides, timeout=400):
+    """Start a job and send ``sig`` to its worker processes (as Slurm's ``--signal`` does to the
+    tasks) once step ``step_done`` is logged; wait for the job to exit. Returns (rc, output)."""
+    import psutil
+
+    proc = subprocess.Popen(torchrun_cmd(nproc, recipe, *overrides), cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    t0 = time.time()
+    sent = False
+    try:
+        while time.time() - t0 < timeout and proc.poll() is None:
+            if not sent and os.path.isfile(metrics):
+                with open(metrics, encoding="utf-8") as f:
+                    steps = [json.loads(x).get("step", -1) for x in f if x.strip().endswith("}")]
+                if max(steps, default=-1) >= step_done:
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        child.send_signal(sig)
+                    sent = True
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=max(1, timeout - (time.time() - t0)))
+        return proc.returncode, out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -8,7 +8,7 @@ Layout of the runs (60 steps of 16 x 64 tokens; phase change at step 25; checkpo
   B: a copy of A's step-20 checkpoint, resumed, saving every 2 steps, SIGKILLed at a random
      step in [23, 25) after its step-22 checkpoint;  C: B resumed (across the phase change)
      until step 30 -> losses and consumed samples must equal A's bit for bit.
-  D: A's step-40 checkpoint resumed at TP1 x PP1 x DP2 (2 processes) for 3 steps.
+  D: A's step-40 checkpoint resumed at TP1 x PP2 x VPP2 x DP2 (4 processes), stopped by SIGUSR1.
 """
 import json
 import math
@@ -118,21 +118,34 @@ def _data_of(run_a):
             "cloze": cfg["eval"]["mc_tasks"]["quran_cloze"]}
 
 
-def test_resume_under_different_layout(run_a):
+def test_resume_under_different_layout_and_sigusr1(run_a):
+    """A's step-40 checkpoint (TP2 x PP2 + SP) continues at TP1 x PP2 with 2 virtual stages
+    (interleaved 1F1B) x DP2; SIGUSR1 (Slurm pre-emption) after
+    step 41 makes every rank save a checkpoint at the same step and exit cleanly."""
+    import signal
+
+    from conftest import torchrun_signal_at
+
     d = run_a["tmp"] / "d"
     run_d = str(d / "run")
     _copy_ckpt(run_a["dir"], 40, run_d)
     recipe = write_recipe(str(d / "recipe.yaml"), _data_of(run_a), run_d, STEPS)
-    log = torchrun(2, recipe, "--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1",
-                   "--exit-interval", "43")
-    assert "RNG state not restored" in log
+    rc, log = torchrun_signal_at(4, recipe, run_d, 41, signal.SIGUSR1, "--tensor-model-parallel-size", "1",
+                                 "--no-sequence-parallel", "--num-layers-per-virtual-pipeline-stage", "1",
+                                 "--exit-interval", "50")
+    assert rc == 0, log[-4000:]
+    assert "TP=1 PP=2 VPP=2 DP=2" in log
+    assert "RNG state not restored" in log and "stopping after step" in log and "SIGUSR1" in log
     a, m = run_a["metrics"], read_metrics(run_d)
-    assert sorted(m) == [40, 41, 42]
+    last = max(m)
+    assert 41 <= last < 49 and sorted(m) == list(range(40, last + 1))
+    pointer = int(open(os.path.join(run_d, "checkpoints", "latest_checkpointed_iteration.txt")).read())
+    assert pointer == last + 1  # saved right after the step during which the signal arrived
     # Same weights and optimizer state, different reduction order (TP/PP -> DP): the first
     # loss agrees to fp32 rounding; Adam then amplifies last-bit gradient differences.
     assert m[40]["loss"] == pytest.approx(a[40]["loss"], rel=1e-5)
     assert m[40]["grad_norm"] == pytest.approx(a[40]["grad_norm"], rel=1e-4)
-    for s in (41, 42):
+    for s in range(41, last + 1):
         assert m[s]["loss"] == pytest.approx(a[s]["loss"], rel=2e-2)
         assert m[s]["consumed_samples_before"] == a[s]["consumed_samples_before"]
 
@@ -166,3 +179,23 @@ def test_eval_results(run_a):
     t = r["tasks"]["quran_cloze"]
     assert t["n"] == 16 and 0 <= t["acc"] <= 1 and 0 <= t["acc_norm"] <= 1
     assert "[eval] step 60" in run_a["log"]
+
+
+def test_tools_backtrace_and_plot(run_a, repo_root):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=repo_root)
+    p = subprocess.run([sys.executable, "tools/backtrace.py", "--run-dir", run_a["dir"], "--step", "26",
+                        "--rank", "0", "--json"], cwd=repo_root, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["verified"] is True and summary["samples"] == 16
+    assert "phase arabic" in p.stdout and "dataset ar" in p.stdout
+    p = subprocess.run([sys.executable, "tools/plot_run.py", run_a["dir"], "--json"], cwd=repo_root,
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    pngs = json.loads(p.stdout.strip().splitlines()[-1])["pngs"]
+    assert {os.path.basename(x) for x in pngs} == {"loss_by_phase.png", "lr.png", "throughput.png",
+                                                   "valid.png", "tasks.png"}
+    assert all(os.path.getsize(x) > 5000 for x in pngs)

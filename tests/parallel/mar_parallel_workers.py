@@ -179,7 +179,7 @@ def suite_world2(payload):
     from megatron_ar.models import (ModelConfig, build_model, gather_full_state_dict, get_preset,
                                     param_counts)
 
-    res: Dict[str, object] = {}
+    res: Dict[str, object] = {"spawn_env": fail_on_rank(-1)}
     hf = {k: (ModelConfig.from_dict(v["cfg"]), v) for k, v in payload["hf"].items()}
 
     # single-process references + TP=1 parity + built-model numel vs analytic counts

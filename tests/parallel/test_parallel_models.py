@@ -232,12 +232,15 @@ def test_built_model_size_matches_analytic_count(world2, model):
     assert numel == analytic
 
 
+def test_run_multiprocess_results_in_rank_order(world2):
+    env = world2["spawn_env"]  # list index = rank, as returned by run_multiprocess
+    assert [r["rank"] for r in env] == [0, 1]
+    assert all(r["world"] == 2 and r["threads"] == 1 for r in env)
+    assert env[0]["port"] == env[1]["port"]
+
+
 def test_run_multiprocess_reports_rank_traceback():
     with pytest.raises(MultiprocessError) as info:
-        run_multiprocess(workers.fail_on_rank, 2, 1, timeout=120)
+        run_multiprocess(workers.fail_on_rank, 2, 1, timeout=300)
     assert info.value.rank == 1
     assert "deliberate failure on rank 1" in info.value.remote_traceback
-    ok = run_multiprocess(workers.fail_on_rank, 2, -1, timeout=120)
-    assert [r["rank"] for r in ok] == [0, 1]
-    assert all(r["world"] == 2 and r["threads"] == 1 for r in ok)
-    assert ok[0]["port"] == ok[1]["port"]

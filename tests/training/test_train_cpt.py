@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_metrics, torchrun, write_recipe
+from train_harness import read_metrics, torchrun, write_recipe
 
 
 def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, train_data):

@@ -19,7 +19,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import read_metrics, torchrun, torchrun_kill_at, write_recipe
+from train_harness import read_metrics, torchrun, torchrun_kill_at, write_recipe
 
 STEPS = 60
 
@@ -124,7 +124,7 @@ def test_resume_under_different_layout_and_sigusr1(run_a):
     step 41 makes every rank save a checkpoint at the same step and exit cleanly."""
     import signal
 
-    from conftest import torchrun_signal_at
+    from train_harness import torchrun_signal_at
 
     d = run_a["tmp"] / "d"
     run_d = str(d / "run")

@@ -29,4 +29,6 @@ if [ ! -f .cache/material/gemma/tokenizer.json ]; then
      || echo "warn: gemma tokenizer not fetched"
 fi
 pip_i --no-build-isolation -e ".[dev]"
+# SmolLM2-135M as a plain HF checkpoint (dequantized from the GGUF once, ~2 min; cached).
+$PY -c "import sys; sys.path.insert(0, 'tests'); import material; print('smollm2:', material.smollm2_hf_dir())"
 rm -f .ci/.installed-*; touch "$stamp"

@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 class ModelSection:
     """Which model to build: a preset of ``megatron_ar.models`` plus field overrides."""
 
-    preset: str = "fanar-star-tiny"
+    preset: str = "tiny-llama"  # a megatron_ar.models preset or a converted checkpoint dir
     seq_length: int = 4096
     # Overrides of ModelConfig fields (num_layers, hidden_size, ...); checked against ModelConfig.
     overrides: Dict[str, Any] = field(default_factory=dict)

@@ -20,7 +20,6 @@ import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from megatron_ar.training.callbacks import tokens_digest
 from megatron_ar.training.config import load_config

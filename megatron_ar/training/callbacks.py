@@ -22,7 +22,6 @@ from collections import deque
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from megatron_ar.training.metrics import flop_shape, flops_per_step, throughput
@@ -195,12 +194,10 @@ class MetricsLogger:
             self.tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"), purge_step=state.iteration)
         if self.cfg.logging.wandb_project:
             try:
-                import wandb  # noqa: F401
+                import wandb
             except ImportError:
                 print("[logging] wandb_project set but wandb is not installed; skipping wandb", flush=True)
             else:
-                import wandb
-
                 self.wandb = wandb.init(project=self.cfg.logging.wandb_project,
                                         dir=self.run_dir, resume="allow",
                                         name=os.path.basename(os.path.abspath(self.run_dir)))

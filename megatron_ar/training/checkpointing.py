@@ -30,6 +30,13 @@ Design choices
   changed dataset or curriculum fails loudly unless the user asks to ignore it.
 - Initial weights (continual pretraining / ``--finetune``) load only the model part with
   ``strict`` key checks; no optimizer, scheduler, data or RNG state.
+- Two megatron-core 0.16 defects of the distributed optimizer with torch's AdamW (the only
+  Adam without TE/Apex, i.e. every CPU run) are worked around here, instance-level and
+  documented where they are: loading needs allocated Adam state (``_ensure_optimizer_state``)
+  and copies a ``step`` key the reshardable loaders drop (``_patch_step_copy``), and
+  ``load_state_dict`` shares one ``step`` tensor between all parameters, which torch then
+  increments once per parameter (``_unshare_step_tensors``). Without the last one resume was
+  not bit-exact (measured); with it, it is (tests/training/test_train_e2e.py).
 """
 from __future__ import annotations
 

@@ -150,7 +150,11 @@ def optimizer_config(cfg: TrainConfig):
         use_distributed_optimizer=p.use_distributed_optimizer,
         overlap_param_gather=p.overlap_param_gather,
         use_precision_aware_optimizer=o.use_precision_aware_optimizer,
-        main_grads_dtype=torch.float32 if o.grad_reduce_in_fp32 else torch.bfloat16,
+        # bf16 gradient *reduce* is the DDP buffer dtype (grad_reduce_in_fp32=False, set in
+        # the builder); the optimizer's main grads stay fp32 unless the precision-aware
+        # optimizer (TE FusedAdam) keeps them in bf16 too.
+        main_grads_dtype=(torch.bfloat16 if (o.use_precision_aware_optimizer and not o.grad_reduce_in_fp32)
+                          else torch.float32),
         exp_avg_dtype=_dtype(o.exp_avg_dtype),
         exp_avg_sq_dtype=_dtype(o.exp_avg_sq_dtype),
         log_num_zeros_in_grad=False,

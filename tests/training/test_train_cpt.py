@@ -2,7 +2,6 @@
 initial weights of a TP=2 run, and the loss of step 0 equals transformers' loss on the same
 batch (the oracle), fp32 on CPU."""
 import math
-import os
 
 import numpy as np
 import pytest

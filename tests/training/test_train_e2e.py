@@ -181,21 +181,26 @@ def test_eval_results(run_a):
     assert "[eval] step 60" in run_a["log"]
 
 
-def test_tools_backtrace_and_plot(run_a, repo_root):
-    import subprocess
-    import sys
+def _tool(repo_root, name):
+    import importlib.util
 
-    env = dict(os.environ, PYTHONPATH=repo_root)
-    p = subprocess.run([sys.executable, "tools/backtrace.py", "--run-dir", run_a["dir"], "--step", "26",
-                        "--rank", "0", "--json"], cwd=repo_root, env=env, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-2000:]
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(repo_root, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_tools_backtrace_and_plot(run_a, repo_root, capsys):
+    """The thin CLIs, in-process: --json puts one summary object on the last stdout line."""
+    rc = _tool(repo_root, "backtrace")(["--run-dir", run_a["dir"], "--step", "26", "--rank", "0", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["verified"] is True and summary["samples"] == 16
-    assert "phase arabic" in p.stdout and "dataset ar" in p.stdout
-    p = subprocess.run([sys.executable, "tools/plot_run.py", run_a["dir"], "--json"], cwd=repo_root,
-                       env=env, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-2000:]
-    pngs = json.loads(p.stdout.strip().splitlines()[-1])["pngs"]
+    assert "phase arabic" in out and "dataset ar" in out
+    rc = _tool(repo_root, "plot_run")([run_a["dir"], "--json"])
+    pngs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pngs"]
+    assert rc == 0
     assert {os.path.basename(x) for x in pngs} == {"loss_by_phase.png", "lr.png", "throughput.png",
                                                    "valid.png", "tasks.png"}
     assert all(os.path.getsize(x) > 5000 for x in pngs)

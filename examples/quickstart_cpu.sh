@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU quickstart (README): from a fresh clone after `bash .ci/install.sh`, on 2+ cores:
+# CPU quickstart (README): from a fresh clone, on 2+ cores (installs what it needs first):
 #   1. builds a small mixed Arabic / English / code corpus from locally installed real text,
 #      trains a 2,048-token MorphBPE tokenizer and preprocesses to Megatron .bin/.idx;
 #   2. trains a tiny Fanar-Star-shaped Llama with TP=2 x PP=2 (4 gloo processes, sequence
@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 RUN=runs/quickstart
 PY=${PYTHON:-python3}
+
+bash .ci/install.sh
 
 $PY tools/build_quickstart_data.py --out .cache/quickstart
 

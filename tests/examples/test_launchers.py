@@ -1,0 +1,34 @@
+"""The srun/torchrun launchers pass shellcheck and their --dry-run plans without training."""
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = sorted(
+    glob.glob(os.path.join(REPO, "examples", "*.sh"))
+    + glob.glob(os.path.join(REPO, "examples", "slurm", "*"))
+    + glob.glob(os.path.join(REPO, "examples", "torchrun", "*.sh"))
+)
+
+
+def test_launchers_exist():
+    names = {os.path.basename(p) for p in SCRIPTS}
+    assert {"fanar_star_7b.sbatch", "fanar_prime_9b_cpt.sbatch", "fanar_star_7b.sh", "quickstart_cpu.sh"} <= names
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
+def test_shellcheck_clean():
+    proc = subprocess.run(["shellcheck", "-x", *SCRIPTS], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sbatch_dry_run_prints_plan():
+    script = os.path.join(REPO, "examples", "slurm", "fanar_star_7b.sbatch")
+    proc = subprocess.run(["bash", script, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout.lower()
+    # the layout and batch arithmetic of 21 nodes x 8 GPUs, and a memory estimate
+    assert "168" in out and "gib" in out, proc.stdout[-3000:]

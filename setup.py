@@ -67,6 +67,8 @@ setup(
     extras_require={
         "te": ["transformer-engine[pytorch]"],
         "apex": ["apex"],
+        # Experiment tracking next to the always-on tensorboard (logging.wandb_project).
+        "wandb": ["wandb"],
         # GPL-3 Arabic segmenter: an optional MorphBPE plug-in, never a hard dependency.
         "morph": ["farahidi"],
         "dev": [
@@ -79,6 +81,7 @@ setup(
             "accelerate",
             "matplotlib",
             "nltk",
+            "wandb",
         ],
     },
     ext_modules=ext_modules,

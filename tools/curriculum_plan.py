@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Print a recipe's curriculum plan: per phase datasets, weights, samples, tokens, epochs per
-dataset, steps, and warnings. Reads only the .idx files (no .bin), so it runs anywhere.
+dataset, steps, and warnings. The plan reads only the .idx files, so it runs anywhere; the
+data fingerprint also samples the .bin files and is reported as unavailable where they are absent.
 
     python tools/curriculum_plan.py RECIPE.yaml [--json] [--global-batch-size N] [--seq-length L]
+                                    [--rampup-batch-size START INCREMENT SAMPLES]
+
+With batch-size ramp-up (the recipe's schedule.rampup_batch_size or the flag) steps per phase
+are counted with megatron-core's ramp-up calculator (megatron_ar.training.rampup).
 """
 import argparse
 import json
@@ -23,6 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
     ap.add_argument("--global-batch-size", type=int, default=None, help="override the recipe's")
     ap.add_argument("--seq-length", type=int, default=None, help="override the recipe's")
+    ap.add_argument("--rampup-batch-size", type=int, nargs=3, default=None,
+                    metavar=("START", "INCREMENT", "SAMPLES"), help="override the recipe's")
+    ap.add_argument("--micro-batch-size", type=int, default=None,
+                    help="with ramp-up: override the recipe's (batches must be multiples of it)")
     args = ap.parse_args(argv)
     try:
         cfg = load_curriculum_config(args.recipe)
@@ -32,18 +41,38 @@ def main(argv=None) -> int:
                                  ("seq_length", args.seq_length)) if v is not None}
         cfg = dataclasses.replace(cfg, **upd) if upd else cfg
         plan = plan_curriculum(cfg)
-    except (CurriculumConfigError, CurriculumDataError) as exc:
+        ramp = ramp_steps(args, cfg, plan)
+    except (CurriculumConfigError, CurriculumDataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fingerprint = fingerprint_of(build_manifest(cfg, plan))
+    try:
+        fingerprint = fingerprint_of(build_manifest(cfg, plan))
+    except CurriculumDataError as exc:  # e.g. planning on a machine that holds only the .idx files
+        fingerprint = f"unavailable: {exc}"
     if args.json:
         summary = plan.to_dict()
         summary["fingerprint"] = fingerprint
+        if ramp is not None:
+            summary["rampup"] = ramp
         print(json.dumps(summary, default=str))
     else:
         print(plan.format_text())
+        if ramp is not None:
+            from megatron_ar.training.rampup import format_ramp_plan
+
+            print(format_ramp_plan(ramp))
         print(f"Data fingerprint: {fingerprint}")
     return 0
+
+
+def ramp_steps(args, cfg, plan):
+    """Steps per phase under the recipe's (or --rampup-batch-size) ramp-up, or None."""
+    from megatron_ar.training.rampup import ramp_plan, rampup_from_recipe, recipe_micro_batch
+
+    rampup = args.rampup_batch_size or rampup_from_recipe(args.recipe)
+    if rampup is None:
+        return None
+    return ramp_plan(plan, rampup, args.micro_batch_size or recipe_micro_batch(args.recipe))
 
 
 if __name__ == "__main__":

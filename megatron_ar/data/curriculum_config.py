@@ -19,6 +19,8 @@ Design choices
   ``model``/``schedule`` sections; :meth:`CurriculumConfig.from_recipe` reads them from there
   (also ``training.*`` and flat Megatron-LM names) and :meth:`CurriculumConfig.resolved` fills
   them for a caller holding its own typed sections.
+- ``bin_fingerprint`` (sampled | full | size) chooses how the data fingerprint covers ``.bin``
+  content; the cost/coverage trade-off is stated in :mod:`curriculum_plan`.
 """
 from __future__ import annotations
 
@@ -113,6 +115,9 @@ class CurriculumConfig:
     create_attention_mask: bool = True
     eod_token_id: Optional[int] = None
     pad_token_id: Optional[int] = None
+    # How the data fingerprint covers .bin content: sampled (default; first/last + 32 evenly
+    # spaced 64 KiB blocks), full (every byte: slow on TB corpora) or size (size only).
+    bin_fingerprint: str = "sampled"
 
     def __post_init__(self) -> None:
         if not isinstance(self.datasets, dict) or not self.datasets:
@@ -172,6 +177,9 @@ class CurriculumConfig:
                 raise CurriculumConfigError(f"{key}: must be a positive integer, got {val!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise CurriculumConfigError(f"data.seed: must be a non-negative integer, got {self.seed!r}")
+        if self.bin_fingerprint not in ("sampled", "full", "size"):
+            raise CurriculumConfigError(f"data.bin_fingerprint: must be sampled, full or size, "
+                                        f"got {self.bin_fingerprint!r}")
         if (self.eod_mask_loss or self.reset_position_ids or self.reset_attention_mask) \
                 and self.eod_token_id is None:
             raise CurriculumConfigError("data.eod_token_id: required when eod_mask_loss, "

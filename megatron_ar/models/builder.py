@@ -81,7 +81,8 @@ def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
 
 def wrap_with_ddp(chunks: Sequence[torch.nn.Module], use_distributed_optimizer: bool = False,
                   grad_reduce_in_fp32: bool = True, overlap_grad_reduce: bool = False,
-                  bucket_size: Optional[int] = None) -> List[torch.nn.Module]:
+                  bucket_size: Optional[int] = None,
+                  fp8_param_gather: bool = False) -> List[torch.nn.Module]:
     """Wrap chunks in megatron-core ``DistributedDataParallel`` and install
     ``finalize_model_grads`` (DP reduction, TP all-reduce of sequence-parallel norm grads,
     tied-embedding all-reduce across pipeline stages)."""
@@ -96,6 +97,7 @@ def wrap_with_ddp(chunks: Sequence[torch.nn.Module], use_distributed_optimizer: 
         overlap_grad_reduce=overlap_grad_reduce,
         use_distributed_optimizer=use_distributed_optimizer,
         bucket_size=bucket_size,
+        fp8_param_gather=fp8_param_gather,  # all-gather fp8 params (needs TE fp8 params)
     )
     wrapped = []
     for i, chunk in enumerate(chunks):

@@ -97,10 +97,29 @@ def run_multiprocess(
     timeout: float = 300.0,
     env: Optional[Dict[str, str]] = None,
     threads_per_rank: int = 1,
+    port_attempts: int = 3,
 ) -> List[Any]:
-    """Run ``fn(*args)`` on ``world_size`` spawned ranks; see the module docstring."""
+    """Run ``fn(*args)`` on ``world_size`` spawned ranks; see the module docstring.
+
+    The rendezvous port is picked by the parent but bound by rank 0 only after it has imported
+    torch and megatron-core (tens of seconds on a loaded machine); another job can take the port
+    meanwhile. A launch whose rank failed with EADDRINUSE is therefore retried on a fresh port
+    (up to ``port_attempts`` times); nothing has run yet when that error is raised."""
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"run_multiprocess: world_size must be a positive int, got {world_size!r}")
+    for attempt in range(port_attempts):
+        try:
+            return _run_once(fn, world_size, args, timeout, env, threads_per_rank)
+        except MultiprocessError as exc:
+            if attempt == port_attempts - 1 or not _is_port_clash(str(exc)):
+                raise
+
+
+def _is_port_clash(text: str) -> bool:
+    return "EADDRINUSE" in text or "Address already in use" in text
+
+
+def _run_once(fn, world_size, args, timeout, env, threads_per_rank) -> List[Any]:
     ctx = mp.get_context("spawn")
     out_queue = ctx.Queue()
     port = find_free_port()

@@ -7,6 +7,8 @@ Modules (importing this package imports none of them; megatron-core is loaded on
   resume / initial weights (``build_run``); ``megatron_ar.train`` is parse -> build -> fit.
 - :mod:`loop`: ``fit`` / ``train_step`` on megatron-core's forward-backward schedules.
 - :mod:`optimizer`: megatron-core optimizer + ``OptimizerParamScheduler`` with Fanar's cool-down.
+- :mod:`rampup`: batch-size ramp-up (``--rampup-batch-size``) on megatron-core's micro-batch
+  calculator: the global batch per step, keyed by consumed samples.
 - :mod:`checkpointing`: dist_checkpointing save (publish by rename, keep-last-K) and resume at
   any TP/PP/DP; initial weights for continual pretraining.
 - :mod:`callbacks`: metrics/TensorBoard/wandb logging, loss-spike detector, batch recorder,

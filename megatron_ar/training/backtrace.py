@@ -12,6 +12,11 @@ Design choices
   data file or a bug in the accounting cannot go unnoticed.
 - The curriculum's fingerprint in ``config.yaml``'s data is re-checked by the dataset itself
   (a changed ``.idx`` builds a different index and the digests stop matching).
+- Without a ``batches.jsonl`` record (``record_batches: false``) the step's
+  ``(consumed_samples, global batch)`` comes from the recipe alone: ``step x global_batch`` for
+  a constant batch, megatron-core's ramp-up calculator under ``rampup_batch_size``
+  (:class:`~megatron_ar.training.rampup.BatchSchedule`); the data-parallel size must then be
+  given (``data_parallel_size``), as the recipe does not fix the world size.
 """
 from __future__ import annotations
 
@@ -48,9 +53,10 @@ def _record(run_dir: str, step: int, dp_rank: int) -> Optional[Dict[str, Any]]:
 
 
 def backtrace_step(run_dir: str, step: int, rank: Optional[int] = None, decode: bool = True,
-                   tokenizer=None) -> Dict[str, Any]:
+                   tokenizer=None, data_parallel_size: Optional[int] = None) -> Dict[str, Any]:
     """Per sample of 0-based ``step``: phase, dataset, document ids, token ranges, tokens and
-    (``decode``) text. ``rank`` restricts to one data-parallel rank. Single process, no GPU."""
+    (``decode``) text. ``rank`` restricts to one data-parallel rank. Single process, no GPU.
+    ``data_parallel_size`` is needed only when the step has no ``batches.jsonl`` record."""
     from megatron_ar.training.builder import build_data, load_tokenizer
 
     cfg_path = os.path.join(run_dir, "config.yaml")
@@ -63,15 +69,17 @@ def backtrace_step(run_dir: str, step: int, rank: Optional[int] = None, decode: 
     if rec0 is not None:
         consumed, gbs, mbs, dp = (rec0["consumed_samples"], rec0["global_batch_size"],
                                   rec0["micro_batch_size"], rec0["data_parallel_size"])
-    else:  # no record: every step consumes one global batch
-        consumed, gbs, mbs = step * s.global_batch_size, s.global_batch_size, s.micro_batch_size
-        dp = None
+    else:  # no record: the recipe's batch schedule (constant, or megatron-core's ramp-up)
+        from megatron_ar.training.rampup import BatchSchedule
+
+        consumed, gbs = BatchSchedule.from_config(cfg, data_parallel_size).step(step)
+        mbs, dp = s.micro_batch_size, data_parallel_size
     data = build_data(cfg)
     if tokenizer is None and decode and cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
     if dp is None:
         raise BacktraceError(f"{run_dir}: step {step} is not in batches.jsonl; the data-parallel "
-                             "size of that step is unknown")
+                             "size of that step is unknown (give it: --dp N)")
     if ranks is None:
         ranks = list(range(dp))
     if any(r < 0 or r >= dp for r in ranks):

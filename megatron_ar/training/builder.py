@@ -11,7 +11,8 @@ Design choices
   from a converted HF checkpoint, resharded to this run's TP/PP on load); ``finetune: true``
   with ``load`` also takes weights only.
 - ``train_iters`` defaults to the curriculum's length in steps (its phases are aligned to
-  global batches), so a recipe states its budget once, in tokens or epochs per phase. With
+  global batches), so a recipe states its budget once, in tokens or epochs per phase. Under
+  batch-size ramp-up it is the number of ramped steps that fit (``training/rampup.py``). With
   ``lr_decay_style: cosine-cooldown`` and ``lr_cooldown_iters: 0`` the cool-down length is the
   last phase's step count when that phase's ``lr_schedule`` hint is ``linear_to_zero``/
   ``cooldown`` (Fanar: the final curated phase is the cool-down).
@@ -55,18 +56,44 @@ def _te_importable() -> bool:
     return torch.cuda.is_available()
 
 
+def fp8_transformer_kwargs(cfg: TrainConfig) -> dict:
+    """megatron-core ``TransformerConfig`` fields of the recipe's fp8 keys, set the way
+    Megatron-LM's ``core_transformer_config_from_args`` sets them: every argument whose name is a
+    TransformerConfig field is copied (``--fp8-format`` has ``dest='fp8'``; recipe, margin, amax
+    history length/algorithm and ``fp8_wgrad`` keep their names), and ``fp8_param`` comes from
+    ``--fp8-param-gather``. With ``fp8`` None the other fields are inert, as in Megatron-LM."""
+    o = cfg.optimizer
+    return dict(fp8=o.fp8_format, fp8_recipe=o.fp8_recipe, fp8_margin=o.fp8_margin,
+                fp8_amax_history_len=o.fp8_amax_history_len,
+                fp8_amax_compute_algo=o.fp8_amax_compute_algo, fp8_wgrad=o.fp8_wgrad,
+                fp8_param=o.fp8_param_gather)
+
+
+def check_precision_support(cfg: TrainConfig) -> None:
+    """Fail before any process group or model exists, naming the key, when the recipe asks for
+    precision features that need Transformer Engine on a GPU. Without TE, megatron-core 0.16
+    *silently ignores* ``fp8`` with the local layer spec (measured: a model built with
+    ``fp8="hybrid"`` trains in bf16 with no warning), and the precision-aware optimizer crashes
+    inside torch's AdamW (``exp_avg_dtype`` is not one of its arguments)."""
+    o = cfg.optimizer
+    if o.fp8_format is not None and not _te_importable():
+        raise ConfigError("optimizer.fp8_format: fp8 needs Transformer Engine on a GPU "
+                          "(pip install megatron_ar[te]); set fp8_format: null on this machine")
+    if o.use_precision_aware_optimizer and not _te_importable():
+        raise ConfigError("optimizer.use_precision_aware_optimizer: needs Transformer Engine's "
+                          "FusedAdam on a GPU (torch's AdamW keeps fp32 state only); set it to false")
+
+
 def transformer_overrides(cfg: TrainConfig) -> dict:
-    p, o = cfg.parallel, cfg.optimizer
+    p = cfg.parallel
     out: dict = {}
     if p.recompute_granularity == "full":
         out.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif p.recompute_granularity == "selective":
         out.update(recompute_granularity="selective")
-    if o.fp8_format is not None:
-        if not _te_importable():
-            raise ConfigError("optimizer.fp8_format: fp8 needs Transformer Engine on a GPU "
-                              "(pip install megatron_ar[te]); set fp8_format: null on this machine")
-        out.update(fp8=o.fp8_format, fp8_recipe=o.fp8_recipe)
+    check_precision_support(cfg)
+    if cfg.optimizer.fp8_format is not None:
+        out.update(fp8_transformer_kwargs(cfg))
     return out
 
 
@@ -80,6 +107,8 @@ def build_data(cfg: TrainConfig):
 
 
 def resolve_train_iters(cfg: TrainConfig, data) -> int:
+    if cfg.schedule.rampup_batch_size is not None:
+        return _ramped_train_iters(cfg, data)
     gbs = cfg.schedule.global_batch_size
     available = len(data) // gbs
     if cfg.schedule.train_iters is None:
@@ -91,6 +120,26 @@ def resolve_train_iters(cfg: TrainConfig, data) -> int:
         raise ConfigError(f"schedule.train_iters: {cfg.schedule.train_iters} steps need "
                           f"{cfg.schedule.train_iters * gbs} samples, the curriculum has {len(data)} "
                           f"({available} steps)")
+    return cfg.schedule.train_iters
+
+
+def _ramped_train_iters(cfg: TrainConfig, data) -> int:
+    """Steps under batch-size ramp-up: simulated with megatron-core's calculator (Megatron-LM
+    requires --train-samples and simulates the ramp the same way); see training/rampup.py."""
+    from megatron_ar.training.rampup import BatchSchedule
+
+    bs = BatchSchedule.from_config(cfg)
+    available = bs.steps_within(len(data))
+    if cfg.schedule.train_iters is None:
+        if available < 1:
+            raise ConfigError(f"schedule.train_iters: the curriculum has {len(data)} samples, less than "
+                              f"the first ramped global batch ({bs.global_batch(0)})")
+        return available
+    if cfg.schedule.train_iters > available:
+        raise ConfigError(f"schedule.train_iters: {cfg.schedule.train_iters} ramped steps need "
+                          f"{bs.step_start(cfg.schedule.train_iters)} samples, the curriculum has "
+                          f"{len(data)} ({available} steps with rampup_batch_size "
+                          f"{cfg.schedule.rampup_batch_size})")
     return cfg.schedule.train_iters
 
 
@@ -123,10 +172,15 @@ def default_callbacks(cfg: TrainConfig, model_config) -> List[Any]:
     from megatron_ar.training import callbacks as cb
 
     out: List[Any] = [cb.LossSpikeDetector(cfg.schedule.spike_sigma, cfg.schedule.spike_window,
-                                           cfg.schedule.skip_spike_updates, cfg.logging.run_dir)]
+                                           cfg.schedule.skip_spike_updates, cfg.logging.run_dir,
+                                           level_shift_steps=cfg.schedule.spike_level_shift_steps)]
     if cfg.logging.record_batches:
         out.append(cb.BatchRecorder(cfg.logging.run_dir))
     out.append(cb.MetricsLogger(cfg, model_config))
+    from megatron_ar.training.wandb_logger import WandbLogger
+
+    if WandbLogger.configured(cfg):  # before eval: a step's train row precedes its eval row
+        out.append(WandbLogger(cfg, model_config))
     if cfg.eval.eval_interval and (cfg.eval.valid_sets or cfg.eval.mc_tasks or cfg.eval.generate_prompts):
         out.append(cb.EvalCallback(cfg))
     out.append(cb.CheckpointCallback(cfg))
@@ -144,6 +198,7 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     from megatron_ar.training.optimizer import build_optimizer, build_scheduler
 
     p, o = cfg.parallel, cfg.optimizer
+    check_precision_support(cfg)  # before process groups: a clear error naming the key
     mc = model_config_from(cfg)
     vpp = cfg.vpp_size(mc.num_layers)
     layout = init_distributed(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
@@ -160,6 +215,7 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
         chunks = [Float16Module(c.config, c) for c in chunks]
     model = wrap_with_ddp(chunks, use_distributed_optimizer=p.use_distributed_optimizer,
                           grad_reduce_in_fp32=o.grad_reduce_in_fp32,
+                          fp8_param_gather=o.fp8_param_gather,
                           overlap_grad_reduce=p.overlap_grad_reduce)
     optimizer = build_optimizer(cfg, model)
     model[0].config.grad_scale_func = optimizer.scale_loss
@@ -167,6 +223,10 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     state = TrainState(cfg=cfg, layout=layout, model_config=mc, model=model, optimizer=optimizer,
                        scheduler=scheduler, data=data, train_iters=train_iters,
                        tokenizer=load_tokenizer(cfg.model.tokenizer))
+    if cfg.schedule.rampup_batch_size is not None:
+        from megatron_ar.training.rampup import BatchSchedule
+
+        state.batch_schedule = BatchSchedule.from_config(cfg, layout.dp, rank=layout.rank)
     state.callbacks = callbacks if callbacks is not None else default_callbacks(cfg, mc)
     load_dir = cfg.load_dir()
     resumed = checkpointing.latest_iteration(load_dir) is not None if load_dir else False

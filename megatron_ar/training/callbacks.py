@@ -10,7 +10,8 @@ Design choices
   ``spikes.jsonl``, ``batches.jsonl``); on resume, records of steps at or after the resumed
   step are dropped first, so plots and back-tracing never see two versions of a step.
 - TensorBoard is always written (it ships with the install); wandb only when importable and
-  ``logging.wandb_project`` is set.
+  ``logging.wandb_project`` is set (:mod:`megatron_ar.training.wandb_logger`). Both report the
+  scalars of :func:`train_record` / :func:`eval_scalars`.
 """
 from __future__ import annotations
 
@@ -64,15 +65,30 @@ def append_jsonl(path: str, rec: Dict[str, Any]) -> None:
 class LossSpikeDetector:
     """Flags a step whose loss exceeds mean + k*std of the previous ``window`` (non-spike)
     losses; writes ``spikes.jsonl`` and, with ``skip=True``, skips that update (the samples are
-    still consumed). Needs ``window // 2`` losses before it judges."""
+    still consumed). Needs ``window // 2`` losses before it judges.
+
+    - Spike losses stay out of the window, so one bad batch does not widen the band and hide
+      the next one (OLMo-core's ``SkipStepOptimizer`` keeps them in its window instead).
+    - A level shift is not a spike: after ``level_shift_steps`` consecutive (finite) spike
+      losses the window is re-based on them and that step is not skipped. With skipping on, the
+      weights were frozen during that run of spikes, so a persistently higher loss can only come
+      from the data (e.g. a curriculum phase that switches to code); without this rule such a
+      phase would never be trained on (measured: tests/training/test_train_precision.py).
+    - The decision is agreed by all ranks (one all-reduce of the flag per step): every rank
+      already holds the same reduced loss and window, so they must agree; a disagreement would
+      desynchronise the optimizer's collectives, hence a loud error instead of a hang.
+    """
 
     name = "loss_spike"
 
-    def __init__(self, sigma: float, window: int, skip: bool, run_dir: str):
+    def __init__(self, sigma: float, window: int, skip: bool, run_dir: str,
+                 level_shift_steps: int = 5):
         self.sigma, self.window, self.skip, self.run_dir = sigma, window, skip, run_dir
+        self.level_shift_steps = level_shift_steps
         self.losses: deque = deque(maxlen=window)
         self.path = os.path.join(run_dir, "spikes.jsonl")
         self.spikes: List[int] = []
+        self.pending: List[float] = []  # the current run of consecutive finite spike losses
 
     def on_train_start(self, state) -> None:
         if _rank() == 0:
@@ -87,28 +103,54 @@ class LossSpikeDetector:
         z = (loss - mean) / max(std, 1e-12)
         return {"mean": mean, "std": std, "z": z} if z > self.sigma else None
 
+    @staticmethod
+    def _ranks_flagged(flag: bool) -> tuple:
+        if not dist.is_initialized():
+            return int(flag), 1
+        import torch
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        dist.all_reduce(t)
+        return int(t.item()), dist.get_world_size()
+
     def before_optimizer_step(self, state, loss: float) -> bool:
         hit = self.judge(loss)
+        n, world = self._ranks_flagged(hit is not None)
+        if 0 < n < world:
+            raise RuntimeError(f"loss-spike detector: {n} of {world} ranks flagged step "
+                               f"{state.iteration} (loss {loss!r}); their rolling windows diverged")
         if hit is None:
             self.losses.append(loss)
+            self.pending = []
             return False
         self.spikes.append(state.iteration)
+        shift = False
+        if math.isfinite(loss):
+            self.pending.append(loss)
+            if len(self.pending) >= self.level_shift_steps:
+                shift = True
+                self.losses = deque(self.pending, maxlen=self.window)
+                self.pending = []
+        skipped = self.skip and not shift
         if _rank() == 0:
             append_jsonl(self.path, {"step": state.iteration, "loss": loss, **hit,
-                                     "sigma": self.sigma, "skipped": self.skip,
+                                     "sigma": self.sigma, "skipped": skipped, "level_shift": shift,
+                                     "ranks_flagged": n, "world_size": world,
                                      "consumed_samples": state.consumed_samples})
+            what = (f" (level shift after {self.level_shift_steps} consecutive spikes: window "
+                    "re-based, update taken)" if shift else (" (update skipped)" if skipped else ""))
             print(f"[spike] step {state.iteration}: loss {loss:.4f} is {hit['z']:.1f} sigma above "
                   f"the mean {hit['mean']:.4f}; back-trace: python tools/backtrace.py --run-dir "
-                  f"{self.run_dir} --step {state.iteration}"
-                  + (" (update skipped)" if self.skip else ""), flush=True)
-        return self.skip
+                  f"{self.run_dir} --step {state.iteration}" + what, flush=True)
+        return skipped
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"losses": list(self.losses), "spikes": list(self.spikes)}
+        return {"losses": list(self.losses), "spikes": list(self.spikes), "pending": list(self.pending)}
 
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
         self.losses = deque(sd.get("losses", []), maxlen=self.window)
         self.spikes = list(sd.get("spikes", []))
+        self.pending = list(sd.get("pending", []))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,7 +195,8 @@ class BatchRecorder:
         s = state.cfg.schedule
         c0 = metrics["consumed_samples_before"]
         rec = {"step": metrics["step"], "consumed_samples": c0,
-               "global_batch_size": s.global_batch_size, "micro_batch_size": s.micro_batch_size,
+               "global_batch_size": metrics.get("global_batch_size", s.global_batch_size),  # ramp-up
+               "micro_batch_size": s.micro_batch_size,
                "data_parallel_size": state.layout.dp, "dp_rank": state.layout.dp_rank,
                "indices": state.last_indices, "digests": tokens_digest(state.last_batches),
                "loss": metrics["loss"], "skipped": metrics["skipped"]}
@@ -164,9 +207,52 @@ class BatchRecorder:
 
 
 # ----------------------------------------------------------------------------------------------
+# The per-step scalars every sink (stdout, metrics.jsonl, TensorBoard, wandb) reports.
+TRAIN_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu")
+
+
+def train_record(state, metrics: Dict[str, Any], flops: float, peak_tflops: float) -> Dict[str, Any]:
+    """The loop's step metrics plus phase, TFLOP/s per device and MFU (one definition for all
+    loggers, so metrics.jsonl, TensorBoard and wandb cannot disagree)."""
+    g, g0 = metrics.get("global_batch_size"), state.cfg.schedule.global_batch_size
+    if g is not None and g != g0:  # batch-size ramp-up: ``flops`` is per final global batch
+        flops = flops * g / g0  # (Megatron's FLOP formula is linear in the batch)
+    tput = throughput(flops, metrics["step_time"], state.layout.world_size, peak_tflops)
+    phase = None
+    if hasattr(state.data, "phase_index"):
+        phase = state.data.plan.phases[state.data.phase_index(metrics["consumed_samples_before"])].name
+    return dict(metrics, phase=phase, tflops_per_device=tput["tflops_per_device"], mfu=tput["mfu"],
+                kind="train")
+
+
+def train_scalars(rec: Dict[str, Any]) -> Dict[str, float]:
+    """The named scalars of a :func:`train_record` (non-finite values, e.g. the grad norm of
+    a skipped step, are left out: TensorBoard and wandb plot them as gaps anyway)."""
+    out = {f"train/{k}": float(rec[k]) for k in TRAIN_SCALARS
+           if rec.get(k) is not None and math.isfinite(rec[k])}
+    if rec.get("phase") and math.isfinite(rec["loss"]):
+        out[f"train/loss_by_phase/{rec['phase']}"] = float(rec["loss"])
+    out["train/consumed_tokens"] = rec["consumed_tokens"]
+    return out
+
+
+def eval_scalars(results: Dict[str, Any]) -> Dict[str, float]:
+    """``valid/<set>/{loss,bpb}`` and ``tasks/<task>/{acc,acc_norm}`` of one evaluation."""
+    out: Dict[str, float] = {}
+    for name, r in results.get("valid", {}).items():
+        out[f"valid/{name}/loss"] = r["loss"]
+        if r.get("bpb") is not None:
+            out[f"valid/{name}/bpb"] = r["bpb"]
+    for name, r in results.get("tasks", {}).items():
+        out[f"tasks/{name}/acc"] = r["acc"]
+        out[f"tasks/{name}/acc_norm"] = r["acc_norm"]
+    return out
+
+
 class MetricsLogger:
     """One stdout line per ``log_interval`` steps (on the last rank, which holds the loss in
-    Megatron-LM too; here every rank has it), ``metrics.jsonl``, TensorBoard, optional wandb."""
+    Megatron-LM too; here every rank has it), ``metrics.jsonl``, TensorBoard. wandb is a
+    separate callback (:mod:`megatron_ar.training.wandb_logger`)."""
 
     name = "metrics_logger"
 
@@ -177,7 +263,6 @@ class MetricsLogger:
         self.tp = cfg.parallel.tensor_model_parallel_size
         self.shape = flop_shape(model_config, self.tp)
         self.tb = None
-        self.wandb = None
 
     def _active(self) -> bool:
         return _rank() == 0
@@ -192,48 +277,27 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"), purge_step=state.iteration)
-        if self.cfg.logging.wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                print("[logging] wandb_project set but wandb is not installed; skipping wandb", flush=True)
-            else:
-                self.wandb = wandb.init(project=self.cfg.logging.wandb_project,
-                                        dir=self.run_dir, resume="allow",
-                                        name=os.path.basename(os.path.abspath(self.run_dir)))
         print(f"[train] {state.train_iters} steps, start at step {state.iteration} "
               f"(consumed samples {state.consumed_samples}); layout TP={state.layout.tp} "
               f"PP={state.layout.pp} VPP={state.layout.vpp or 1} DP={state.layout.dp}; "
               f"{self.flops / 1e12:.4g} model TFLOP per step", flush=True)
 
     def on_step_end(self, state, metrics: Dict[str, Any]) -> None:
-        tput = throughput(self.flops, metrics["step_time"], state.layout.world_size,
-                          self.cfg.logging.peak_tflops)
-        phase = None
-        if hasattr(state.data, "phase_index"):
-            phase = state.data.plan.phases[state.data.phase_index(metrics["consumed_samples_before"])].name
-        rec = dict(metrics, phase=phase, tflops_per_device=tput["tflops_per_device"], mfu=tput["mfu"],
-                   kind="train")
         if not self._active():
             return
+        rec = train_record(state, metrics, self.flops, self.cfg.logging.peak_tflops)
+        phase = rec["phase"]
         append_jsonl(self.path, rec)
         step = metrics["step"]
         if step % self.cfg.logging.log_interval == 0 or step + 1 == state.train_iters:
             print(f"step {step + 1:>6}/{state.train_iters} | phase {phase} | tokens "
                   f"{metrics['consumed_tokens']:.4g} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.3e} | "
                   f"grad norm {metrics['grad_norm']:.3f} | {metrics['tokens_per_s']:.4g} tok/s | "
-                  f"{tput['tflops_per_device']:.4g} TFLOP/s/dev | MFU {100 * tput['mfu']:.3g}%"
+                  f"{rec['tflops_per_device']:.4g} TFLOP/s/dev | MFU {100 * rec['mfu']:.3g}%"
                   + (" | skipped" if metrics["skipped"] else ""), flush=True)
         if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu"):
-                v = rec[k]
-                if v is not None and math.isfinite(v):
-                    self.tb.add_scalar(f"train/{k}", v, step)
-            if phase:
-                self.tb.add_scalar(f"train/loss_by_phase/{phase}", rec["loss"], step)
-            self.tb.add_scalar("train/consumed_tokens", rec["consumed_tokens"], step)
-        if self.wandb is not None:
-            self.wandb.log({f"train/{k}": v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
+            for k, v in train_scalars(rec).items():
+                self.tb.add_scalar(k, v, step)
 
     def log_eval(self, state, results: Dict[str, Any]) -> None:
         if not self._active():
@@ -244,30 +308,19 @@ class MetricsLogger:
         for name, r in results.get("valid", {}).items():
             bpb = f" bpb {r['bpb']:.4f}" if r.get("bpb") is not None else ""
             parts.append(f"{name}: loss {r['loss']:.4f}{bpb}")
-            if self.tb is not None:
-                self.tb.add_scalar(f"valid/{name}/loss", r["loss"], step)
-                if r.get("bpb") is not None:
-                    self.tb.add_scalar(f"valid/{name}/bpb", r["bpb"], step)
         for name, r in results.get("tasks", {}).items():
             parts.append(f"{name}: acc {r['acc']:.3f} acc_norm {r['acc_norm']:.3f} (n={r['n']})")
-            if self.tb is not None:
-                self.tb.add_scalar(f"tasks/{name}/acc", r["acc"], step)
-                self.tb.add_scalar(f"tasks/{name}/acc_norm", r["acc_norm"], step)
+        if self.tb is not None:
+            for k, v in eval_scalars(results).items():
+                self.tb.add_scalar(k, v, step)
         for g in results.get("generations", []):
             parts.append(f"generate {g['prompt']!r} -> {g['completion']!r}")
         print(f"[eval] step {step + 1} | " + " | ".join(parts), flush=True)
-        if self.wandb is not None:
-            flat = {f"valid/{n}/{k}": v for n, r in results.get("valid", {}).items()
-                    for k, v in r.items() if isinstance(v, (int, float))}
-            self.wandb.log(flat, step=step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
-        if self.wandb is not None:
-            self.wandb.finish()
-            self.wandb = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -73,9 +73,17 @@ class OptimizerSection:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     bf16: bool = False
-    # fp8 through Transformer Engine: None | "e4m3" | "hybrid"; recipe: delayed|tensorwise|mxfp8
+    # fp8 through Transformer Engine (Megatron-LM's --fp8-format, dest ``fp8``): None | "e4m3" |
+    # "hybrid"; recipe: delayed|tensorwise|mxfp8|blockwise. These keys and the four below map
+    # onto megatron-core TransformerConfig fields as Megatron-LM's core_transformer_config_from_args
+    # does (training.builder.fp8_transformer_kwargs); defaults are Megatron-LM's.
     fp8_format: Optional[str] = None
     fp8_recipe: str = "delayed"
+    fp8_margin: int = 0  # delayed scaling only
+    fp8_amax_history_len: int = 1  # delayed scaling only
+    fp8_amax_compute_algo: str = "most_recent"  # most_recent | max; delayed scaling only
+    fp8_wgrad: bool = True  # --no-fp8-wgrad: weight gradients in higher precision
+    fp8_param_gather: bool = False  # fp8 compute params + fp8 param all-gather (TransformerConfig.fp8_param)
     # Gradient reduce dtype: fp32 (Megatron default) or bf16 (Fanar Prime); needs bf16=True.
     grad_reduce_in_fp32: bool = True
     # Optimizer state dtypes (only with use_precision_aware_optimizer, which needs TE FusedAdam).
@@ -88,9 +96,18 @@ class OptimizerSection:
 class ScheduleSection:
     micro_batch_size: int = 1
     global_batch_size: int = 8
-    # Total optimizer steps. None: derived from the data curriculum's token budgets.
+    # Total optimizer steps. None: derived from the data curriculum's token budgets (with
+    # ramp-up: as many ramped steps as fit in the curriculum; a given value counts ramped steps,
+    # see megatron_ar.training.rampup).
     train_iters: Optional[int] = None
+    # Megatron-LM --rampup-batch-size [start, increment, ramp_samples]: the global batch grows
+    # from start by increment over ramp_samples samples to global_batch_size. With it the LR
+    # schedule counts samples (*_iters keys mean that many final global batches).
+    rampup_batch_size: Optional[List[int]] = None
     lr_warmup_iters: int = 0
+    # Sample-valued LR keys (Megatron-LM --lr-warmup-samples/--lr-decay-samples), ramp-up only.
+    lr_warmup_samples: Optional[int] = None
+    lr_decay_samples: Optional[int] = None
     lr_warmup_init: float = 0.0
     # constant | linear | cosine | WSD | cosine-cooldown (Fanar: warmup -> cosine to min_lr ->
     # linear cool-down to zero over lr_cooldown_iters)
@@ -106,6 +123,9 @@ class ScheduleSection:
     spike_sigma: float = 6.0
     spike_window: int = 50
     skip_spike_updates: bool = False
+    # After this many consecutive spike steps the loss level shifted (e.g. a new data phase):
+    # the detector re-bases its window and stops skipping (callbacks.LossSpikeDetector).
+    spike_level_shift_steps: int = 5
 
 
 @dataclass
@@ -140,7 +160,11 @@ class LoggingSection:
     run_dir: str = "runs/default"
     log_interval: int = 1
     tensorboard: bool = True
+    # wandb (only if installed; Megatron-LM's --wandb-project/--wandb-exp-name/--wandb-save-dir):
+    # no project = no wandb. exp name default: run_dir's folder name; save dir default: run_dir.
     wandb_project: Optional[str] = None
+    wandb_exp_name: Optional[str] = None
+    wandb_save_dir: Optional[str] = None
     # Stated dense peak per device for MFU (TFLOP/s). H100 SXM bf16 dense: 989.
     peak_tflops: float = 989.0
     record_batches: bool = True  # per-step sample ids for tools/backtrace.py
@@ -175,7 +199,11 @@ class TrainConfig:
             raise ConfigError(
                 f"schedule.global_batch_size: {s.global_batch_size} is not divisible by "
                 f"micro_batch_size x data-parallel size = {s.micro_batch_size} x {dp}")
-        return s.global_batch_size // per_step
+        if s.rampup_batch_size is not None:
+            from megatron_ar.training.rampup import check_rampup
+
+            check_rampup(s.rampup_batch_size, s.global_batch_size, s.micro_batch_size, dp)
+        return s.global_batch_size // per_step  # after the ramp-up, if any
 
     def vpp_size(self, num_layers: int) -> Optional[int]:
         """Virtual stages per pipeline rank from ``num_layers_per_virtual_pipeline_stage``."""
@@ -380,6 +408,12 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
     need(o.fp8_recipe in ("delayed", "tensorwise", "mxfp8", "blockwise"), "optimizer.fp8_recipe",
          "must be delayed|tensorwise|mxfp8|blockwise")
     need(o.fp8_format is None or o.bf16, "optimizer.fp8_format", "fp8 training needs bf16: true")
+    need(o.fp8_margin >= 0, "optimizer.fp8_margin", "must be >= 0")
+    need(o.fp8_amax_history_len >= 1, "optimizer.fp8_amax_history_len", "must be >= 1")
+    need(o.fp8_amax_compute_algo in ("most_recent", "max"), "optimizer.fp8_amax_compute_algo",
+         "must be 'most_recent' or 'max'")
+    need(not o.fp8_param_gather or o.fp8_format is not None, "optimizer.fp8_param_gather",
+         "needs optimizer.fp8_format")
     need(o.grad_reduce_in_fp32 or o.bf16, "optimizer.grad_reduce_in_fp32",
          "false (bf16 gradient reduce) needs bf16: true")
     for k in ("exp_avg_dtype", "exp_avg_sq_dtype"):
@@ -396,6 +430,17 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
                               "inverse-square-root"),
          "schedule.lr_decay_style", "must be constant|linear|cosine|WSD|cosine-cooldown|inverse-square-root")
     need(s.lr_warmup_iters >= 0, "schedule.lr_warmup_iters", "must be >= 0")
+    if s.rampup_batch_size is not None:
+        from megatron_ar.training.rampup import check_rampup
+
+        try:
+            check_rampup(s.rampup_batch_size, s.global_batch_size, s.micro_batch_size)
+        except ConfigError as exc:
+            raise ConfigError(f"{w('schedule.rampup_batch_size')}{str(exc)[len('schedule.rampup_batch_size'):]}") from None
+    for k in ("lr_warmup_samples", "lr_decay_samples"):
+        need(getattr(s, k) is None or s.rampup_batch_size is not None, f"schedule.{k}",
+             "only used with rampup_batch_size (the schedule counts iterations without ramp-up)")
+        need(getattr(s, k) is None or getattr(s, k) >= 0, f"schedule.{k}", "must be >= 0")
     need(s.lr_cooldown_iters >= 0, "schedule.lr_cooldown_iters", "must be >= 0")
     need(s.lr_cooldown_iters == 0 or s.lr_decay_style == "cosine-cooldown", "schedule.lr_cooldown_iters",
          "only used with lr_decay_style: cosine-cooldown")
@@ -407,6 +452,7 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
     need(s.exit_interval is None or s.exit_interval >= 1, "schedule.exit_interval", "must be >= 1")
     need(s.spike_sigma > 0, "schedule.spike_sigma", "must be > 0")
     need(s.spike_window >= 2, "schedule.spike_window", "must be >= 2")
+    need(s.spike_level_shift_steps >= 1, "schedule.spike_level_shift_steps", "must be >= 1")
     need(c.save_interval is None or c.save_interval >= 1, "checkpoint.save_interval", "must be >= 1")
     need(c.keep_last is None or c.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     need(not (c.finetune and c.pretrained_checkpoint), "checkpoint.finetune",
@@ -486,9 +532,19 @@ def apply_overrides(raw: Dict[str, Any], argv: List[str], seen: Optional[set] = 
             raise ConfigError(f"command line: --{name}: unknown section {sec!r}")
         ftype = hints.get(sec, {}).get(path[1]) if len(path) == 2 else None
         is_bool = ftype is bool or ftype == Optional[bool]
+        is_list = any(typing.get_origin(t) in (list, List) for t in (ftype, *typing.get_args(ftype)))
         if eq:
             value: Any = _parse_scalar(inline)
             i += 1
+        elif is_list and i + 2 < len(argv) and not argv[i + 1].startswith("--") \
+                and not argv[i + 2].startswith("--"):
+            # Megatron-LM's nargs flags: --rampup-batch-size 32 32 1953125
+            j = i + 1
+            value = []
+            while j < len(argv) and not argv[j].startswith("--"):
+                value.append(_parse_scalar(argv[j]))
+                j += 1
+            i = j
         elif is_bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--")
                           or str(argv[i + 1]).lower() not in ("true", "false", "1", "0", "yes", "no")):
             value = not negate

@@ -5,6 +5,10 @@ Design choices
   virtual stages, chosen from the parallel state) over the rank's micro-batches, then
   ``optimizer.step()`` (grad clipping, distributed optimizer) and ``scheduler.step(1)``. The
   same code runs on gloo/CPU and nccl/GPU.
+- The step's global batch comes from megatron-core's micro-batch calculator keyed by
+  ``consumed_samples`` (:class:`~megatron_ar.training.rampup.BatchSchedule`): constant, or
+  Megatron-LM's ``--rampup-batch-size`` ramp, in which case the number of micro-batches varies
+  per step and the LR scheduler is stepped by the batch (samples), as in Megatron-LM.
 - Sample order is Megatron-LM's ``MegatronPretrainingSampler`` order, computed, not iterated:
   the step that starts at ``consumed_samples`` trains on global indices
   ``[consumed, consumed + global_batch)``; data-parallel rank ``r`` takes, for micro-batch ``m``,
@@ -47,6 +51,9 @@ class TrainState:
     data: Any
     train_iters: int
     callbacks: List[Any] = field(default_factory=list)
+    # Global batch per step (megatron_ar.training.rampup.BatchSchedule); None: constant
+    # schedule.global_batch_size.
+    batch_schedule: Any = None
     tokenizer: Any = None
     iteration: int = 0
     consumed_samples: int = 0
@@ -175,12 +182,20 @@ def train_step(state: TrainState) -> Dict[str, Any]:
     cfg = state.cfg
     s = cfg.schedule
     dp = state.layout.dp
-    nmb = cfg.num_microbatches(state.layout.world_size)
+    if state.batch_schedule is None and s.rampup_batch_size is not None:  # not built by build_run
+        from megatron_ar.training.rampup import BatchSchedule
+
+        state.batch_schedule = BatchSchedule.from_config(cfg, dp, rank=state.layout.rank)
+    if state.batch_schedule is None:
+        gbs, nmb = s.global_batch_size, cfg.num_microbatches(state.layout.world_size)
+    else:  # keyed by consumed samples, so a resumed run gets the same batch sizes
+        gbs = state.batch_schedule.global_batch(state.consumed_samples)
+        nmb = state.batch_schedule.num_microbatches(state.consumed_samples)
     t0 = time.perf_counter()
     for chunk in state.model:
         chunk.zero_grad_buffer()
     state.optimizer.zero_grad()
-    indices = step_sample_indices(state.consumed_samples, s.global_batch_size, s.micro_batch_size,
+    indices = step_sample_indices(state.consumed_samples, gbs, s.micro_batch_size,
                                   dp, state.layout.dp_rank)
     batches = microbatches_for(state.data, indices, state.seq_length) if needs_data() else None
     losses = run_schedule(state, batches, nmb, s.micro_batch_size, forward_only=False)
@@ -200,12 +215,15 @@ def train_step(state: TrainState) -> Dict[str, Any]:
         ok, grad_norm, _ = state.optimizer.step()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if ok:
-            state.scheduler.step(increment=1)
+            # Ramp-up: the schedule counts samples (Megatron-LM); else iterations.
+            state.scheduler.step(increment=gbs if s.rampup_batch_size is not None else 1)
     elapsed = time.perf_counter() - t0
-    step_tokens = s.global_batch_size * state.seq_length
+    step_tokens = gbs * state.seq_length
     metrics = {
         "step": state.iteration,  # 0-based index of the step just taken
         "consumed_samples_before": state.consumed_samples,
+        "global_batch_size": gbs,
+        "num_microbatches": nmb,
         "loss": red["loss"],
         "loss_tokens": red["tokens"],
         "lr": lr,
@@ -217,9 +235,9 @@ def train_step(state: TrainState) -> Dict[str, Any]:
     state.last_batches = batches  # for callbacks that record what was trained on
     state.last_indices = indices
     state.iteration += 1
-    state.consumed_samples += s.global_batch_size
+    state.consumed_samples += gbs
     if hasattr(state.data, "advance"):
-        state.data.advance(s.global_batch_size)
+        state.data.advance(gbs)
     state.consumed_tokens += step_tokens
     metrics["consumed_samples"] = state.consumed_samples
     metrics["consumed_tokens"] = state.consumed_tokens

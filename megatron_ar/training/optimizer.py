@@ -9,8 +9,13 @@ Design choices
   of its styles, so :class:`CooldownParamScheduler` overrides ``get_lr`` only past
   ``lr_decay_steps`` and adds one key to ``state_dict``; everything else (warmup, cosine, weight
   decay increments, checkpoint value checks) is the base class's.
-- Steps are optimizer iterations (``step(1)`` per iteration), not samples: batch-size ramp-up is
-  not supported, so the two are proportional and iterations are what recipes state.
+- Steps are optimizer iterations (``step(1)`` per iteration) when the global batch is constant:
+  samples and iterations are proportional and iterations are what recipes state. With
+  batch-size ramp-up (``schedule.rampup_batch_size``) the schedule counts *samples*, as
+  Megatron-LM does (``step(increment=global_batch)``): warmup/decay/cool-down keep their meaning
+  in data seen, whatever the batch of each step; ``*_iters`` keys are converted as that many
+  final global batches (Megatron-LM's conversion), ``lr_warmup_samples``/``lr_decay_samples``
+  are taken as given (:mod:`megatron_ar.training.rampup`).
 - The LR of iteration ``k`` (0-based) is ``get_lr`` at ``num_steps == k``: the scheduler is built
   at step 0 and stepped after each update, as Megatron-LM does (so with ``lr_warmup_init=0`` the
   first update has LR 0).
@@ -66,8 +71,11 @@ class CooldownParamScheduler(OptimizerParamScheduler):
 
 
 def schedule_steps(cfg: TrainConfig, train_iters: int) -> dict:
-    """Resolve warmup/decay/cool-down step counts for ``train_iters`` total iterations."""
+    """Resolve warmup/decay/cool-down step counts for ``train_iters`` total iterations. With
+    batch-size ramp-up the counts are samples (``unit``), ``total`` the samples of the run."""
     s = cfg.schedule
+    if s.rampup_batch_size is not None:
+        return _sample_schedule(cfg, train_iters)
     cooldown = s.lr_cooldown_iters if s.lr_decay_style == "cosine-cooldown" else 0
     decay = s.lr_decay_iters if s.lr_decay_iters is not None else train_iters - cooldown
     if decay <= s.lr_warmup_iters:
@@ -78,9 +86,34 @@ def schedule_steps(cfg: TrainConfig, train_iters: int) -> dict:
     return {"warmup": s.lr_warmup_iters, "decay": decay, "cooldown": cooldown}
 
 
+def _sample_schedule(cfg: TrainConfig, train_iters: int) -> dict:
+    from megatron_ar.training.rampup import BatchSchedule
+
+    s = cfg.schedule
+    g = s.global_batch_size
+    total = BatchSchedule.from_config(cfg).step_start(train_iters)
+    cooldown = s.lr_cooldown_iters * g if s.lr_decay_style == "cosine-cooldown" else 0
+    warmup = s.lr_warmup_samples if s.lr_warmup_samples is not None else s.lr_warmup_iters * g
+    if s.lr_decay_samples is not None:
+        decay, key = s.lr_decay_samples, "schedule.lr_decay_samples"
+    elif s.lr_decay_iters is not None:
+        decay, key = s.lr_decay_iters * g, "schedule.lr_decay_iters"
+    else:
+        decay, key = total - cooldown, "schedule.lr_decay_iters"
+    if decay <= warmup:
+        raise ConfigError(
+            f"{key}: decay samples ({decay}) must exceed warmup samples ({warmup}); the run "
+            f"trains {total} samples in {train_iters} ramped steps, cool-down {cooldown} samples")
+    out = {"warmup": warmup, "decay": decay, "cooldown": cooldown, "unit": "samples", "total": total}
+    if s.lr_decay_style == "WSD":
+        out["wsd_decay"] = s.lr_wsd_decay_iters * g
+    return out
+
+
 def build_scheduler(cfg: TrainConfig, optimizer, train_iters: int) -> CooldownParamScheduler:
     s, o = cfg.schedule, cfg.optimizer
     st = schedule_steps(cfg, train_iters)
+    samples = st.get("unit") == "samples"  # ramp-up: stepped with increment=global batch
     return CooldownParamScheduler(
         optimizer,
         init_lr=s.lr_warmup_init,
@@ -91,11 +124,11 @@ def build_scheduler(cfg: TrainConfig, optimizer, train_iters: int) -> CooldownPa
         lr_decay_style=s.lr_decay_style,
         start_wd=o.weight_decay,
         end_wd=o.weight_decay,
-        wd_incr_steps=train_iters,
+        wd_incr_steps=st["total"] if samples else train_iters,
         wd_incr_style="constant",
         use_checkpoint_opt_param_scheduler=False,
         override_opt_param_scheduler=False,
-        wsd_decay_steps=s.lr_wsd_decay_iters,
+        wsd_decay_steps=st.get("wsd_decay") if samples else s.lr_wsd_decay_iters,
         lr_wsd_decay_style=s.lr_wsd_decay_style,
         lr_cooldown_steps=st["cooldown"],
     )
@@ -103,10 +136,12 @@ def build_scheduler(cfg: TrainConfig, optimizer, train_iters: int) -> CooldownPa
 
 def reference_lr(cfg: TrainConfig, train_iters: int, k: int) -> float:
     """Closed-form LR of iteration ``k`` (for tests and ``--dry-run`` tables); independent of
-    megatron-core's code path."""
+    megatron-core's code path. With batch-size ramp-up ``k`` is the scheduler's position in
+    samples (the consumed samples before a step: :func:`lr_of_step`)."""
     s, o = cfg.schedule, cfg.optimizer
     st = schedule_steps(cfg, train_iters)
     w, d, c = st["warmup"], st["decay"], st["cooldown"]
+    wsd = st.get("wsd_decay", s.lr_wsd_decay_iters)
     if w > 0 and k <= w:
         return s.lr_warmup_init + (o.lr - s.lr_warmup_init) * k / w
     style = s.lr_decay_style
@@ -122,14 +157,24 @@ def reference_lr(cfg: TrainConfig, train_iters: int, k: int) -> float:
     if style == "linear":
         return o.min_lr + (o.lr - o.min_lr) * (1 - r)
     if style == "WSD":
-        start = d - s.lr_wsd_decay_iters
+        start = d - wsd
         if k <= start:
             return o.lr
-        q = (k - start) / s.lr_wsd_decay_iters
+        q = (k - start) / wsd
         f = {"linear": 1 - q, "cosine": 0.5 * (1 + math.cos(math.pi * q)),
              "exponential": 2 * 0.5 ** q - 1, "minus_sqrt": 1 - math.sqrt(q)}[s.lr_wsd_decay_style]
         return o.min_lr + (o.lr - o.min_lr) * f
     raise ConfigError(f"schedule.lr_decay_style: no reference formula for {style!r}")
+
+
+def lr_of_step(cfg: TrainConfig, train_iters: int, step: int) -> float:
+    """Closed-form LR of 0-based ``step`` (its scheduler position is the step index, or the
+    samples consumed before it under batch-size ramp-up)."""
+    if cfg.schedule.rampup_batch_size is None:
+        return reference_lr(cfg, train_iters, step)
+    from megatron_ar.training.rampup import BatchSchedule
+
+    return reference_lr(cfg, train_iters, BatchSchedule.from_config(cfg).step_start(step))
 
 
 def optimizer_config(cfg: TrainConfig):

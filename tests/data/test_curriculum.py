@@ -514,7 +514,7 @@ def test_appended_phase_resumes_only_when_allowed(corpus, built):
         changed.load_state_dict(state, allow_future_changes=True)
 
 
-def test_plan_needs_only_idx_files(corpus, tmp_path):
+def test_plan_needs_only_idx_files(corpus, tmp_path, capsys):
     _, data = corpus
     r = _recipe(corpus)
     for name, (prefix, _) in data.items():
@@ -523,3 +523,13 @@ def test_plan_needs_only_idx_files(corpus, tmp_path):
     plan = plan_curriculum(CurriculumConfig.from_recipe(r))
     assert plan.total_samples == plan_curriculum(CurriculumConfig.from_recipe(_recipe(corpus))).total_samples
     assert not any(p.suffix == ".bin" for p in tmp_path.iterdir())
+    # The CLI too: the plan prints, the .bin-sampling fingerprint is reported as unavailable.
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(r, sort_keys=False))
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import curriculum_plan as tool
+
+    assert tool.main([str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["total_samples"] == plan.total_samples
+    assert summary["fingerprint"].startswith("unavailable:") and ".bin" in summary["fingerprint"]

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_harness import CACHE  # noqa: E402
+from train_harness import CACHE, STEPS, read_metrics, torchrun, write_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,15 @@ def train_data(bukhari_records, python_docs_paths):
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def run_a(tmp_path_factory, train_data):
+    """The shared reference run: TP2 x PP2 + SP, distributed optimizer, 60 steps of 16 x 64
+    tokens through two phases (change at step 25), checkpoints every 10 steps, keep-last 5.
+    Several test files resume from its checkpoints; copy them, never write into this run."""
+    d = tmp_path_factory.mktemp("train_a")
+    run_dir = str(d / "run")
+    recipe = write_recipe(str(d / "recipe.yaml"), train_data, run_dir, STEPS)
+    out = torchrun(4, recipe)
+    return {"dir": run_dir, "recipe": recipe, "log": out, "metrics": read_metrics(run_dir), "tmp": d}

@@ -2,7 +2,7 @@
 through a two-phase curriculum, kill -9 + bit-exact resume, resume under another layout,
 back-tracing, evaluation. One reference run (module fixture) feeds all checks.
 
-Layout of the runs (60 steps of 16 x 64 tokens; phase change at step 25; checkpoints every
+Layout of the runs (A is the session fixture `run_a` of conftest.py) (60 steps of 16 x 64 tokens; phase change at step 25; checkpoints every
 10 steps, keep-last 5):
   A: reference, uninterrupted, TP2 x PP2 (4 processes), distributed optimizer.
   B: a copy of A's step-20 checkpoint, resumed, saving every 2 steps, SIGKILLed at a random
@@ -14,31 +14,13 @@ import json
 import math
 import os
 import random
-import shutil
 
 import numpy as np
 import pytest
 
-from train_harness import read_metrics, torchrun, torchrun_kill_at, write_recipe
+from train_harness import (STEPS, copy_checkpoint, data_of, read_metrics, torchrun, torchrun_kill_at,
+                           write_recipe)
 
-STEPS = 60
-
-
-@pytest.fixture(scope="module")
-def run_a(tmp_path_factory, train_data):
-    d = tmp_path_factory.mktemp("train_a")
-    run_dir = str(d / "run")
-    recipe = write_recipe(str(d / "recipe.yaml"), train_data, run_dir, STEPS)
-    out = torchrun(4, recipe)
-    return {"dir": run_dir, "recipe": recipe, "log": out, "metrics": read_metrics(run_dir), "tmp": d}
-
-
-def _copy_ckpt(src_run, iteration, dst_run):
-    os.makedirs(os.path.join(dst_run, "checkpoints"), exist_ok=True)
-    name = f"iter_{iteration:07d}"
-    shutil.copytree(os.path.join(src_run, "checkpoints", name), os.path.join(dst_run, "checkpoints", name))
-    with open(os.path.join(dst_run, "checkpoints", "latest_checkpointed_iteration.txt"), "w") as f:
-        f.write(str(iteration))
 
 
 def _labels_entropy(run_dir, first_sample, last_sample):
@@ -87,8 +69,8 @@ def test_kill9_and_resume_is_bit_exact(run_a):
     print(f"\nSIGKILL after step {kill_after}")
     d = run_a["tmp"] / "b"
     run_b = str(d / "run")
-    _copy_ckpt(run_a["dir"], 20, run_b)
-    recipe = write_recipe(str(d / "recipe.yaml"), _data_of(run_a), run_b, STEPS)
+    copy_checkpoint(run_a["dir"], 20, run_b)
+    recipe = write_recipe(str(d / "recipe.yaml"), data_of(run_a), run_b, STEPS)
     torchrun_kill_at(4, recipe, run_b, kill_after, 22, "--save-interval", "2")
     pointer = int(open(os.path.join(run_b, "checkpoints", "latest_checkpointed_iteration.txt")).read())
     assert pointer in (22, 24)
@@ -108,16 +90,6 @@ def test_kill9_and_resume_is_bit_exact(run_a):
         assert bc[s]["indices"] == ba[s]["indices"] and bc[s]["digests"] == ba[s]["digests"]
 
 
-def _data_of(run_a):
-    import yaml
-
-    cfg = yaml.safe_load(open(run_a["recipe"]))
-    ds = cfg["data"]["datasets"]
-    return {"tokenizer": cfg["model"]["tokenizer"], "ar": ds["ar"], "en": ds["en"], "code": ds["code"],
-            "valid_ar": cfg["eval"]["valid_sets"]["ar"], "valid_en": cfg["eval"]["valid_sets"]["en"],
-            "cloze": cfg["eval"]["mc_tasks"]["quran_cloze"]}
-
-
 def test_resume_under_different_layout_and_sigusr1(run_a):
     """A's step-40 checkpoint (TP2 x PP2 + SP) continues at TP1 x PP2 with 2 virtual stages
     (interleaved 1F1B) x DP2; SIGUSR1 (Slurm pre-emption) after
@@ -128,8 +100,8 @@ def test_resume_under_different_layout_and_sigusr1(run_a):
 
     d = run_a["tmp"] / "d"
     run_d = str(d / "run")
-    _copy_ckpt(run_a["dir"], 40, run_d)
-    recipe = write_recipe(str(d / "recipe.yaml"), _data_of(run_a), run_d, STEPS)
+    copy_checkpoint(run_a["dir"], 40, run_d)
+    recipe = write_recipe(str(d / "recipe.yaml"), data_of(run_a), run_d, STEPS)
     rc, log = torchrun_signal_at(4, recipe, run_d, 41, signal.SIGUSR1, "--tensor-model-parallel-size", "1",
                                  "--no-sequence-parallel", "--num-layers-per-virtual-pipeline-stage", "1",
                                  "--exit-interval", "50")

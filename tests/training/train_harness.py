@@ -12,6 +12,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.path.join(REPO, ".cache", "training-tests-v1")
+STEPS = 60  # length of the shared reference run (conftest.py: run_a)
 
 
 RECIPE = """\
@@ -96,8 +97,12 @@ def _env():
 
 def torchrun(nproc, recipe, *overrides, timeout=400):
     """Run a training job to completion; fail the test with its log tail on error."""
-    p = subprocess.run(torchrun_cmd(nproc, recipe, *overrides), cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=timeout)
+    for attempt in range(3):  # a fresh port when another job took ours (EADDRINUSE)
+        p = subprocess.run(torchrun_cmd(nproc, recipe, *overrides), cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=timeout)
+        out = p.stdout + p.stderr
+        if p.returncode == 0 or not ("EADDRINUSE" in out or "Address already in use" in out):
+            break
     if p.returncode != 0:
         pytest.fail(f"training exited {p.returncode}:\n{(p.stdout + p.stderr)[-6000:]}")
     return p.stdout
@@ -172,3 +177,63 @@ def torchrun_signal_at(nproc, recipe, run_dir, step_done, sig, *overrides, timeo
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def copy_checkpoint(src_run, iteration, dst_run):
+    """Start ``dst_run`` from a copy of ``src_run``'s checkpoint ``iteration`` (pointer included)."""
+    import shutil
+
+    os.makedirs(os.path.join(dst_run, "checkpoints"), exist_ok=True)
+    name = f"iter_{iteration:07d}"
+    shutil.copytree(os.path.join(src_run, "checkpoints", name), os.path.join(dst_run, "checkpoints", name))
+    with open(os.path.join(dst_run, "checkpoints", "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write(str(iteration))
+
+
+def data_of(run):
+    """The ``write_recipe`` data arguments of an existing run (from its recipe)."""
+    import yaml
+
+    cfg = yaml.safe_load(open(run["recipe"]))
+    ds = cfg["data"]["datasets"]
+    return {"tokenizer": cfg["model"]["tokenizer"], "ar": ds["ar"], "en": ds["en"], "code": ds["code"],
+            "valid_ar": cfg["eval"]["valid_sets"]["ar"], "valid_en": cfg["eval"]["valid_sets"]["en"],
+            "cloze": cfg["eval"]["mc_tasks"]["quran_cloze"]}
+
+
+FAULT_SAVE_SLEEP_ENV = "MEGATRON_AR_FAULT_SAVE_SLEEP_S"  # checkpointing.py's test hook
+
+
+def torchrun_kill_during_save(nproc, recipe, run_dir, iteration, *overrides, sleep_s=300, timeout=400):
+    """Start a job with the checkpoint fault hook on (every save sleeps ``sleep_s`` after its
+    files are written, before it is published) and SIGKILL its whole process group once the
+    unpublished ``.tmp_iter_<iteration>`` holds its last file (train_state.json), i.e. inside
+    the write-then-publish window. Returns the path of that unpublished directory."""
+    env = dict(_env(), **{FAULT_SAVE_SLEEP_ENV: str(sleep_s)})
+    proc = subprocess.Popen(torchrun_cmd(nproc, recipe, *overrides), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    tmp = os.path.join(run_dir, "checkpoints", f".tmp_iter_{iteration:07d}")
+    t0 = time.time()
+    try:
+        while time.time() - t0 < timeout:
+            if proc.poll() is not None:
+                out = proc.stdout.read()
+                pytest.fail(f"job ended (rc {proc.returncode}) before saving {iteration}:\n{out[-4000:]}")
+            if os.path.isfile(os.path.join(tmp, "train_state.json")):
+                time.sleep(0.5)  # inside the sleep window: all ranks wait at the hook
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return tmp
+            time.sleep(0.05)
+        pytest.fail(f"timed out waiting for {tmp}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def read_metrics_lines(run_dir, kind="train"):
+    """All records of ``kind`` in metrics.jsonl in file order (duplicates kept)."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [r for r in map(json.loads, f) if r.get("kind", "train") == kind]

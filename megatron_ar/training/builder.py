@@ -107,40 +107,26 @@ def build_data(cfg: TrainConfig):
 
 
 def resolve_train_iters(cfg: TrainConfig, data) -> int:
-    if cfg.schedule.rampup_batch_size is not None:
-        return _ramped_train_iters(cfg, data)
-    gbs = cfg.schedule.global_batch_size
-    available = len(data) // gbs
-    if cfg.schedule.train_iters is None:
-        if available < 1:
-            raise ConfigError(f"schedule.train_iters: the curriculum has {len(data)} samples, "
-                              f"less than one global batch ({gbs})")
-        return available
-    if cfg.schedule.train_iters > available:
-        raise ConfigError(f"schedule.train_iters: {cfg.schedule.train_iters} steps need "
-                          f"{cfg.schedule.train_iters * gbs} samples, the curriculum has {len(data)} "
-                          f"({available} steps)")
-    return cfg.schedule.train_iters
-
-
-def _ramped_train_iters(cfg: TrainConfig, data) -> int:
-    """Steps under batch-size ramp-up: simulated with megatron-core's calculator (Megatron-LM
-    requires --train-samples and simulates the ramp the same way); see training/rampup.py."""
+    """Steps of the run: the curriculum's length in whole global batches unless
+    ``schedule.train_iters`` says fewer. Under batch-size ramp-up the steps are simulated with
+    megatron-core's calculator (Megatron-LM requires --train-samples and simulates the ramp the
+    same way; training/rampup.py); a constant batch is the calculator's degenerate case."""
     from megatron_ar.training.rampup import BatchSchedule
 
-    bs = BatchSchedule.from_config(cfg)
+    s = cfg.schedule
+    bs = BatchSchedule(s.global_batch_size, s.micro_batch_size, s.rampup_batch_size)
+    ramp = f" with rampup_batch_size {s.rampup_batch_size}" if s.rampup_batch_size else ""
     available = bs.steps_within(len(data))
-    if cfg.schedule.train_iters is None:
+    if s.train_iters is None:
         if available < 1:
-            raise ConfigError(f"schedule.train_iters: the curriculum has {len(data)} samples, less than "
-                              f"the first ramped global batch ({bs.global_batch(0)})")
+            raise ConfigError(f"schedule.train_iters: the curriculum has {len(data)} samples, less "
+                              f"than the first global batch ({bs.global_batch(0)}){ramp}")
         return available
-    if cfg.schedule.train_iters > available:
-        raise ConfigError(f"schedule.train_iters: {cfg.schedule.train_iters} ramped steps need "
-                          f"{bs.step_start(cfg.schedule.train_iters)} samples, the curriculum has "
-                          f"{len(data)} ({available} steps with rampup_batch_size "
-                          f"{cfg.schedule.rampup_batch_size})")
-    return cfg.schedule.train_iters
+    if s.train_iters > available:
+        raise ConfigError(f"schedule.train_iters: {s.train_iters} steps need "
+                          f"{bs.step_start(s.train_iters)} samples, the curriculum has {len(data)} "
+                          f"({available} steps{ramp})")
+    return s.train_iters
 
 
 def _auto_cooldown(cfg: TrainConfig, data) -> None:

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from arch_parity_workers import tiny_gemma2_hf
-from train_harness import read_metrics, torchrun, write_recipe
+from train_harness import converted_tiny_llama, read_metrics, torchrun, write_recipe
 
 # fp32 end to end; measured differences are ~1e-7 relative (printed with -s), the limit keeps
 # a wide margin while any real mismatch (another init, a missing feature) is > 1e-3.
@@ -53,19 +53,7 @@ def _cpt_flags(mg_dir):
 
 
 def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, train_data):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from megatron_ar.checkpoint import convert
-
-    torch.manual_seed(0)
-    hf_cfg = LlamaConfig(vocab_size=2048, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                         max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
-                         tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
-    hf = LlamaForCausalLM(hf_cfg).float().eval()
-    hf_dir, mg_dir = str(tmp_path / "hf"), str(tmp_path / "megatron")
-    hf.save_pretrained(hf_dir, safe_serialization=True)
-    convert("llama", "hf", "megatron", hf_dir, mg_dir, target_tensor_parallel_size=2, progress=False)
+    hf, mg_dir = converted_tiny_llama(tmp_path, tensor_parallel_size=2)
 
     run_dir = str(tmp_path / "run")
     recipe = write_recipe(str(tmp_path / "recipe.yaml"), train_data, run_dir, train_iters=2)

@@ -22,14 +22,12 @@ in bf16 while the recipe says fp8).
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from train_harness import REPO, CACHE, _env, _free_port, read_metrics
+from train_harness import CACHE, REPO, converted_tiny_llama, read_metrics, torchrun
 
 P = 12  # first step of the code phase (12 steps x 16 samples x 64 tokens of Arabic)
 STEPS = P + 4
@@ -79,14 +77,9 @@ logging:
 
 
 def _launch(nproc, recipe, run_dir, *overrides, timeout=400):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           os.path.join(REPO, "tests", "training", "precision_driver.py"), "--config", recipe,
-           "--logging.run_dir", run_dir, *overrides]
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        pytest.fail(f"training exited {p.returncode}:\n{(p.stdout + p.stderr)[-6000:]}")
-    return {"dir": run_dir, "log": p.stdout, "metrics": read_metrics(run_dir), "probe": _probe(run_dir, nproc)}
+    log = torchrun(nproc, recipe, "--logging.run_dir", run_dir, *overrides, timeout=timeout,
+                   entry=(os.path.join(REPO, "tests", "training", "precision_driver.py"),))
+    return {"dir": run_dir, "log": log, "metrics": read_metrics(run_dir), "probe": _probe(run_dir, nproc)}
 
 
 def _probe(run_dir, nproc):
@@ -99,20 +92,8 @@ def _probe(run_dir, nproc):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, train_data):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from megatron_ar.checkpoint import convert
-
     d = tmp_path_factory.mktemp("precision")
-    torch.manual_seed(0)
-    hf_cfg = LlamaConfig(vocab_size=2048, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                         max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
-                         tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
-    hf = LlamaForCausalLM(hf_cfg).float().eval()
-    hf_dir, mg_dir = str(d / "hf"), str(d / "megatron")
-    hf.save_pretrained(hf_dir, safe_serialization=True)
-    convert("llama", "hf", "megatron", hf_dir, mg_dir, target_tensor_parallel_size=2, progress=False)
+    hf, mg_dir = converted_tiny_llama(d, tensor_parallel_size=2)
     recipe = str(d / "recipe.yaml")
     with open(recipe, "w", encoding="utf-8") as f:
         f.write(RECIPE.format(mg_dir=mg_dir, tokenizer=train_data["tokenizer"], steps=STEPS,

@@ -83,10 +83,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def torchrun_cmd(nproc, recipe, *overrides):
+TRAIN_ENTRY = ("-m", "megatron_ar.train")
+
+
+def torchrun_cmd(nproc, recipe, *overrides, entry=TRAIN_ENTRY):
+    """``entry``: what torchrun starts (the train module, or a test driver script around it)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            "-m", "megatron_ar.train", "--config", recipe, *overrides]
+            *entry, "--config", recipe, *overrides]
 
 
 def _env():
@@ -95,10 +99,10 @@ def _env():
     return env
 
 
-def torchrun(nproc, recipe, *overrides, timeout=400):
+def torchrun(nproc, recipe, *overrides, timeout=400, entry=TRAIN_ENTRY):
     """Run a training job to completion; fail the test with its log tail on error."""
     for attempt in range(3):  # a fresh port when another job took ours (EADDRINUSE)
-        p = subprocess.run(torchrun_cmd(nproc, recipe, *overrides), cwd=REPO, env=_env(),
+        p = subprocess.run(torchrun_cmd(nproc, recipe, *overrides, entry=entry), cwd=REPO, env=_env(),
                            capture_output=True, text=True, timeout=timeout)
         out = p.stdout + p.stderr
         if p.returncode == 0 or not ("EADDRINUSE" in out or "Address already in use" in out):
@@ -237,3 +241,26 @@ def read_metrics_lines(run_dir, kind="train"):
     """All records of ``kind`` in metrics.jsonl in file order (duplicates kept)."""
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         return [r for r in map(json.loads, f) if r.get("kind", "train") == kind]
+
+
+def converted_tiny_llama(directory, tensor_parallel_size=2):
+    """A random tiny HF Llama (fp32, seed 0, vocab 2048 to fit the test tokenizer) saved under
+    ``directory/hf`` and converted with megatron_ar.checkpoint to ``directory/megatron``, the
+    shared starting point of the continual-pretraining and precision tests.
+    Returns ``(hf_model, megatron_dir)``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_ar.checkpoint import convert
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=2048, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                      max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+    hf = LlamaForCausalLM(cfg).float().eval()
+    hf_dir, mg_dir = os.path.join(str(directory), "hf"), os.path.join(str(directory), "megatron")
+    hf.save_pretrained(hf_dir, safe_serialization=True)
+    convert("llama", "hf", "megatron", hf_dir, mg_dir,
+            target_tensor_parallel_size=tensor_parallel_size, progress=False)
+    return hf, mg_dir

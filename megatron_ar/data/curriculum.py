@@ -70,8 +70,6 @@ from megatron_ar.data.curriculum_config import (  # noqa: F401  (re-exported API
     CurriculumConfig,
     CurriculumConfigError,
     PhaseConfig,
-    load_curriculum_config,
-    load_recipe,
     parse_token_count,
 )
 from megatron_ar.data.curriculum_plan import (  # noqa: F401  (re-exported API)
@@ -91,8 +89,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     # config (curriculum_config)
-    "CurriculumConfig", "PhaseConfig", "BlendGroup", "CurriculumConfigError", "load_curriculum_config",
-    "load_recipe", "parse_token_count",
+    "CurriculumConfig", "PhaseConfig", "BlendGroup", "CurriculumConfigError", "parse_token_count",
     # plan (curriculum_plan)
     "CurriculumPlan", "PhasePlan", "DatasetStats", "CurriculumDataError", "plan_curriculum",
     "collect_stats", "build_manifest", "fingerprint_of", "diff_manifests", "prefix_compatible",

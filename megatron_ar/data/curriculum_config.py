@@ -3,8 +3,8 @@
 Design choices
 - Datasets are declared once by name (``data.datasets: {name: .bin/.idx prefix}``) and phases
   refer to them by name. The name, not the path, identifies a dataset's sample stream: a dataset
-  used by two phases continues its stream across the phase change (no repeats, no drops; issue 5
-  item 3), and moving the files to another mount does not change the curriculum.
+  used by two phases continues its stream across the phase change (no repeats, no drops), and
+  moving the files to another mount does not change the curriculum.
 - A phase has exactly one budget: ``tokens`` (``100B``, ``1.5e9`` ...) or ``epochs`` over its
   data. ``epochs: E`` means E times the phase's data volume (sum of the datasets' samples per
   epoch) at the phase's blend: with natural weights every dataset is read exactly E times, with
@@ -15,10 +15,11 @@ Design choices
   within a group datasets are mixed by their size unless given weights. Weights are relative
   (normalized per phase) and parsed as exact decimals, so 40/50/10 of 100 samples is 40/50/10.
 - ``lr_schedule`` per phase is a hint carried for the training loop; it is not part of the data
-  fingerprint. ``seq_length``/``global_batch_size``/``seed`` normally live in the recipe's
-  ``model``/``schedule`` sections; :meth:`CurriculumConfig.from_recipe` reads them from there
-  (also ``training.*`` and flat Megatron-LM names) and :meth:`CurriculumConfig.resolved` fills
-  them for a caller holding its own typed sections.
+  fingerprint. ``seq_length``/``global_batch_size``/``seed`` are run-level values stated once, in
+  the recipe's ``model``/``schedule`` sections (:data:`RUN_LEVEL_KEYS`): the ``data`` mapping
+  refuses them, and the recipe loader (``megatron_ar.training.config.load_config``) fills them
+  with :meth:`CurriculumConfig.resolved`. This module parses only the ``data`` mapping; reading a
+  recipe file is the training config's job (one reader for the whole recipe).
 - ``bin_fingerprint`` (sampled | full | size) chooses how the data fingerprint covers ``.bin``
   content; the cost/coverage trade-off is stated in :mod:`curriculum_plan`.
 """
@@ -31,7 +32,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
+
+
+#: Curriculum fields that a recipe states once, in its run sections (filled by ``resolved``).
+RUN_LEVEL_KEYS = {"seq_length": "model.seq_length", "global_batch_size": "schedule.global_batch_size",
+                  "seed": "schedule.seed"}
 
 
 class CurriculumConfigError(ValueError):
@@ -192,8 +197,11 @@ class CurriculumConfig:
         ``base_dir`` (the recipe file's folder), else the working directory."""
         if not isinstance(data, Mapping):
             raise CurriculumConfigError(f"data: expected a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} | {"root"}
+        names = ({f.name for f in dataclasses.fields(cls)} | {"root"}) - set(RUN_LEVEL_KEYS)
         for k in data:
+            if k in RUN_LEVEL_KEYS:
+                raise CurriculumConfigError(f"data.{k}: a run-level value, set it once as "
+                                            f"{RUN_LEVEL_KEYS[k]} (the curriculum reads it from there)")
             if k not in names:
                 raise CurriculumConfigError(f"data.{k}: unknown key (valid: {', '.join(sorted(names))})")
         root = data.get("root") or base_dir or os.getcwd()
@@ -220,40 +228,6 @@ class CurriculumConfig:
                 raise CurriculumConfigError(f"data.{k}: expected true/false, got {kwargs[k]!r}")
         return cls(datasets=datasets, phases=phases, **kwargs)
 
-    @classmethod
-    def from_recipe(cls, recipe: Mapping[str, Any], base_dir: Optional[str] = None) -> "CurriculumConfig":
-        """Build from a whole recipe: ``data`` plus seq length / global batch / seed from
-        ``model.seq_length``, ``schedule.``/``training.global_batch_size``, ``schedule.seed``
-        or the flat Megatron-LM names (``seq_length``, ``global_batch_size``, ``seed``)."""
-        if not isinstance(recipe, Mapping) or "data" not in recipe:
-            raise CurriculumConfigError("data: the recipe has no 'data' section")
-        cfg = cls.from_dict(recipe["data"], base_dir=base_dir)
-
-        def pick(field_name: str, paths: List[str]) -> Optional[Any]:
-            found = []
-            for p in paths:
-                node: Any = recipe
-                for part in p.split("."):
-                    node = node.get(part) if isinstance(node, Mapping) else None
-                    if node is None:
-                        break
-                if node is not None:
-                    found.append((p, node))
-            values = {repr(v) for _, v in found}
-            if len(values) > 1:
-                raise CurriculumConfigError(
-                    f"{found[0][0]}: conflicting values for {field_name}: "
-                    + ", ".join(f"{p}={v!r}" for p, v in found))
-            return found[0][1] if found else None
-
-        seq = pick("seq_length", ["data.seq_length", "model.seq_length", "training.seq_length",
-                                  "seq_length", "seq-length"])
-        gbs = pick("global_batch_size", ["data.global_batch_size", "schedule.global_batch_size",
-                                         "training.global_batch_size", "global_batch_size",
-                                         "global-batch-size"])
-        seed = pick("seed", ["data.seed", "schedule.seed", "training.seed", "seed"])
-        return cfg.resolved(seq_length=seq, global_batch_size=gbs, seed=seed)
-
     def resolved(self, seq_length: Optional[int] = None, global_batch_size: Optional[int] = None,
                  seed: Optional[int] = None) -> "CurriculumConfig":
         """A copy with the run-level values filled in (values set in ``data`` must agree)."""
@@ -269,11 +243,37 @@ class CurriculumConfig:
             upd[key] = val
         return dataclasses.replace(self, **upd) if upd else self
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``data`` mapping a recipe would hold (run-level values left to the run sections);
+        :meth:`from_dict` reads it back to an equal config."""
+        out: Dict[str, Any] = {"datasets": dict(self.datasets),
+                               "phases": [_phase_to_dict(ph) for ph in self.phases]}
+        for f in dataclasses.fields(self):
+            if f.name not in ("datasets", "phases") and f.name not in RUN_LEVEL_KEYS:
+                out[f.name] = getattr(self, f.name)
+        return out
+
     def require_seq_length(self) -> int:
         if self.seq_length is None:
             raise CurriculumConfigError("data.seq_length: unknown; set model.seq_length (or "
                                         "data.seq_length / the flat seq_length) in the recipe")
         return self.seq_length
+
+
+def _phase_to_dict(ph: PhaseConfig) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"name": ph.name}
+    if ph.tokens is not None:
+        out["tokens"] = ph.tokens
+    if ph.epochs is not None:
+        out["epochs"] = ph.epochs
+    if ph.lr_schedule is not None:
+        out["lr_schedule"] = ph.lr_schedule
+    blend: Dict[str, Any] = {}
+    for g in ph.blend:
+        ds: Any = list(g.datasets) if g.dataset_weights is None else dict(zip(g.datasets, g.dataset_weights))
+        blend[g.name] = {"datasets": ds} if g.weight is None else {"weight": g.weight, "datasets": ds}
+    out["blend"] = blend
+    return out
 
 
 def _parse_phase(raw: Any, i: int) -> PhaseConfig:
@@ -337,28 +337,3 @@ def _parse_blend(raw: Any, key: str) -> List[BlendGroup]:
                                         "a mapping name -> weight")
         groups.append(BlendGroup(name=str(gname), datasets=names, weight=weight, dataset_weights=dweights))
     return groups
-
-
-def load_recipe(path: str) -> Dict[str, Any]:
-    """Read a YAML recipe; parse errors name the file and line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise CurriculumConfigError(f"{path}: recipe file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        raise CurriculumConfigError(f"{where}: YAML error: {exc}") from None
-    if not isinstance(recipe, dict):
-        raise CurriculumConfigError(f"{path}: a recipe must be a YAML mapping")
-    return recipe
-
-
-def load_curriculum_config(path: str) -> CurriculumConfig:
-    """The data section of the recipe at ``path`` (relative prefixes: against its folder)."""
-    try:
-        return CurriculumConfig.from_recipe(load_recipe(path), base_dir=os.path.dirname(os.path.abspath(path)))
-    except CurriculumConfigError as exc:
-        msg = str(exc)
-        raise CurriculumConfigError(msg if msg.startswith(path) else f"{path}: {msg}") from None

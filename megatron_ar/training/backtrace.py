@@ -13,10 +13,10 @@ Design choices
 - The curriculum's fingerprint in ``config.yaml``'s data is re-checked by the dataset itself
   (a changed ``.idx`` builds a different index and the digests stop matching).
 - Without a ``batches.jsonl`` record (``record_batches: false``) the step's
-  ``(consumed_samples, global batch)`` comes from the recipe alone: ``step x global_batch`` for
-  a constant batch, megatron-core's ramp-up calculator under ``rampup_batch_size``
-  (:class:`~megatron_ar.training.rampup.BatchSchedule`); the data-parallel size must then be
-  given (``data_parallel_size``), as the recipe does not fix the world size.
+  ``(consumed_samples, global batch)`` comes from the run plan of the saved recipe
+  (:func:`megatron_ar.training.plan.build_run_plan`: megatron-core's batch calculator, constant
+  or ramped); the data-parallel size must then be given (``data_parallel_size``), as the recipe
+  does not fix the world size.
 """
 from __future__ import annotations
 
@@ -69,17 +69,20 @@ def backtrace_step(run_dir: str, step: int, rank: Optional[int] = None, decode: 
     if rec0 is not None:
         consumed, gbs, mbs, dp = (rec0["consumed_samples"], rec0["global_batch_size"],
                                   rec0["micro_batch_size"], rec0["data_parallel_size"])
-    else:  # no record: the recipe's batch schedule (constant, or megatron-core's ramp-up)
-        from megatron_ar.training.rampup import BatchSchedule
+        data = build_data(cfg)
+    else:  # no record: the run plan's batch schedule (constant, or megatron-core's ramp-up)
+        if data_parallel_size is None:
+            raise BacktraceError(f"{run_dir}: step {step} is not in batches.jsonl; the data-parallel "
+                                 "size of that step is unknown (give it: --dp N)")
+        from megatron_ar.training.plan import build_run_plan
 
-        consumed, gbs = BatchSchedule.from_config(cfg, data_parallel_size).step(step)
+        data = build_data(cfg)
+        p = cfg.parallel
+        world = data_parallel_size * p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+        consumed, gbs = build_run_plan(cfg, world, curriculum=data.plan).step(step)
         mbs, dp = s.micro_batch_size, data_parallel_size
-    data = build_data(cfg)
     if tokenizer is None and decode and cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
-    if dp is None:
-        raise BacktraceError(f"{run_dir}: step {step} is not in batches.jsonl; the data-parallel "
-                             "size of that step is unknown (give it: --dp N)")
     if ranks is None:
         ranks = list(range(dp))
     if any(r < 0 or r >= dp for r in ranks):

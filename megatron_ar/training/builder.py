@@ -10,12 +10,9 @@ Design choices
   ``checkpoint.pretrained_checkpoint`` provides initial weights only (continual pretraining
   from a converted HF checkpoint, resharded to this run's TP/PP on load); ``finetune: true``
   with ``load`` also takes weights only.
-- ``train_iters`` defaults to the curriculum's length in steps (its phases are aligned to
-  global batches), so a recipe states its budget once, in tokens or epochs per phase. Under
-  batch-size ramp-up it is the number of ramped steps that fit (``training/rampup.py``). With
-  ``lr_decay_style: cosine-cooldown`` and ``lr_cooldown_iters: 0`` the cool-down length is the
-  last phase's step count when that phase's ``lr_schedule`` hint is ``linear_to_zero``/
-  ``cooldown`` (Fanar: the final curated phase is the cool-down).
+- Length, batch of every step, phase bounds and the LR schedule come from the run plan
+  (:func:`megatron_ar.training.plan.build_run_plan`) resolved from the recipe and the training
+  dataset's own curriculum plan; the builder derives none of them itself.
 """
 from __future__ import annotations
 
@@ -106,42 +103,6 @@ def build_data(cfg: TrainConfig):
     return CurriculumDataset(cfg.data, cache_dir=cache)
 
 
-def resolve_train_iters(cfg: TrainConfig, data) -> int:
-    """Steps of the run: the curriculum's length in whole global batches unless
-    ``schedule.train_iters`` says fewer. Under batch-size ramp-up the steps are simulated with
-    megatron-core's calculator (Megatron-LM requires --train-samples and simulates the ramp the
-    same way; training/rampup.py); a constant batch is the calculator's degenerate case."""
-    from megatron_ar.training.rampup import BatchSchedule
-
-    s = cfg.schedule
-    bs = BatchSchedule(s.global_batch_size, s.micro_batch_size, s.rampup_batch_size)
-    ramp = f" with rampup_batch_size {s.rampup_batch_size}" if s.rampup_batch_size else ""
-    available = bs.steps_within(len(data))
-    if s.train_iters is None:
-        if available < 1:
-            raise ConfigError(f"schedule.train_iters: the curriculum has {len(data)} samples, less "
-                              f"than the first global batch ({bs.global_batch(0)}){ramp}")
-        return available
-    if s.train_iters > available:
-        raise ConfigError(f"schedule.train_iters: {s.train_iters} steps need "
-                          f"{bs.step_start(s.train_iters)} samples, the curriculum has {len(data)} "
-                          f"({available} steps{ramp})")
-    return s.train_iters
-
-
-def _auto_cooldown(cfg: TrainConfig, data) -> None:
-    s = cfg.schedule
-    if s.lr_decay_style != "cosine-cooldown" or s.lr_cooldown_iters:
-        return
-    plan = getattr(data, "plan", None)
-    if plan is None or not plan.phases:
-        return
-    last = plan.phases[-1]
-    hint = last.lr_schedule if isinstance(last.lr_schedule, str) else None
-    if hint in ("linear_to_zero", "cooldown", "cool-down"):
-        s.lr_cooldown_iters = (last.end_sample - last.start_sample) // s.global_batch_size
-
-
 def load_tokenizer(path: Optional[str]):
     """A ``tokenizers.Tokenizer`` from a directory or tokenizer.json (None if no path)."""
     if not path:
@@ -181,7 +142,8 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     from megatron_ar.runtime import init_distributed
     from megatron_ar.training import checkpointing
     from megatron_ar.training.loop import TrainState
-    from megatron_ar.training.optimizer import build_optimizer, build_scheduler
+    from megatron_ar.training.optimizer import build_optimizer
+    from megatron_ar.training.plan import build_run_plan
 
     p, o = cfg.parallel, cfg.optimizer
     check_precision_support(cfg)  # before process groups: a clear error naming the key
@@ -192,8 +154,7 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     cfg.num_microbatches(layout.world_size)  # validates batch arithmetic, naming the key
     os.makedirs(cfg.logging.run_dir, exist_ok=True)
     data = build_data(cfg)
-    train_iters = resolve_train_iters(cfg, data)
-    _auto_cooldown(cfg, data)
+    plan = build_run_plan(cfg, layout.world_size, curriculum=data.plan, model_config=mc)
     dtype = torch.bfloat16 if o.bf16 else torch.float32
     chunks = build_model(mc, sequence_parallel=p.sequence_parallel, params_dtype=dtype,
                          **transformer_overrides(cfg))
@@ -205,14 +166,10 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
                           overlap_grad_reduce=p.overlap_grad_reduce)
     optimizer = build_optimizer(cfg, model)
     model[0].config.grad_scale_func = optimizer.scale_loss
-    scheduler = build_scheduler(cfg, optimizer, train_iters)
+    scheduler = plan.build_scheduler(optimizer)
     state = TrainState(cfg=cfg, layout=layout, model_config=mc, model=model, optimizer=optimizer,
-                       scheduler=scheduler, data=data, train_iters=train_iters,
-                       tokenizer=load_tokenizer(cfg.model.tokenizer))
-    if cfg.schedule.rampup_batch_size is not None:
-        from megatron_ar.training.rampup import BatchSchedule
-
-        state.batch_schedule = BatchSchedule.from_config(cfg, layout.dp, rank=layout.rank)
+                       scheduler=scheduler, data=data, train_iters=plan.train_iters,
+                       batch_schedule=plan.batch, tokenizer=load_tokenizer(cfg.model.tokenizer))
     state.callbacks = callbacks if callbacks is not None else default_callbacks(cfg, mc)
     load_dir = cfg.load_dir()
     resumed = checkpointing.latest_iteration(load_dir) is not None if load_dir else False

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from megatron_ar.data.curriculum_config import CurriculumConfig, CurriculumConfigError
+
 
 class ConfigError(ValueError):
     """A recipe error. The message always starts with the offending key (and file:line)."""
@@ -176,8 +178,10 @@ class TrainConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
-    # The curriculum section: a megatron_ar.data.curriculum dataclass once loaded (dict before).
-    data: Any = None
+    # The curriculum (megatron_ar.data.curriculum_config.CurriculumConfig), parsed by the data
+    # layer's own schema; its run-level values (seq_length, global batch, seed) come from the
+    # model/schedule sections and are filled in by load_config.
+    data: Optional[CurriculumConfig] = None
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -192,18 +196,13 @@ class TrainConfig:
         return world_size // mp
 
     def num_microbatches(self, world_size: int) -> int:
+        """Micro-batches per data-parallel rank of a full global batch (after any ramp-up)."""
         dp = self.data_parallel_size(world_size)
         s = self.schedule
-        per_step = s.micro_batch_size * dp
-        if s.global_batch_size % per_step:
-            raise ConfigError(
-                f"schedule.global_batch_size: {s.global_batch_size} is not divisible by "
-                f"micro_batch_size x data-parallel size = {s.micro_batch_size} x {dp}")
+        check_divisible(s.global_batch_size, s.micro_batch_size, dp, "schedule.global_batch_size")
         if s.rampup_batch_size is not None:
-            from megatron_ar.training.rampup import check_rampup
-
             check_rampup(s.rampup_batch_size, s.global_batch_size, s.micro_batch_size, dp)
-        return s.global_batch_size // per_step  # after the ramp-up, if any
+        return s.global_batch_size // (s.micro_batch_size * dp)
 
     def vpp_size(self, num_layers: int) -> Optional[int]:
         """Virtual stages per pipeline rank from ``num_layers_per_virtual_pipeline_stage``."""
@@ -225,6 +224,45 @@ class TrainConfig:
         return self.checkpoint.load or self.save_dir()
 
 
+_RAMP_KEY = "schedule.rampup_batch_size"
+
+
+def check_divisible(batch: int, micro_batch_size: int, dp: int, key: str) -> None:
+    """A global batch must split into whole micro-batches of every data-parallel rank."""
+    per = micro_batch_size * dp
+    if batch % per:
+        raise ConfigError(f"{key}: {batch} is not divisible by micro_batch_size x data-parallel "
+                          f"size = {micro_batch_size} x {dp}")
+
+
+def check_rampup(rampup: List[int], global_batch_size: int, micro_batch_size: int,
+                 data_parallel_size: Optional[int] = None) -> None:
+    """Megatron-LM's requirements on ``--rampup-batch-size START INCREMENT SAMPLES``, as errors
+    naming the key. With ``data_parallel_size`` the start and increment must be multiples of
+    micro_batch x DP (every step's batch splits into whole micro-batches of every DP rank);
+    without it, of micro_batch."""
+    if len(rampup) != 3:
+        raise ConfigError(f"{_RAMP_KEY}: expected [start, increment, ramp_samples], got {list(rampup)}")
+    start, incr, ramp = (int(x) for x in rampup)
+    if start <= 0 or incr <= 0:
+        raise ConfigError(f"{_RAMP_KEY}: start ({start}) and increment ({incr}) must be > 0")
+    if ramp <= 0:
+        raise ConfigError(f"{_RAMP_KEY}: ramp_samples must be > 0, got {ramp}")
+    if start >= global_batch_size:
+        raise ConfigError(f"{_RAMP_KEY}: start batch {start} must be smaller than "
+                          f"schedule.global_batch_size={global_batch_size}")
+    if (global_batch_size - start) % incr:
+        raise ConfigError(f"{_RAMP_KEY}: global_batch_size - start = {global_batch_size - start} is "
+                          f"not a multiple of the increment {incr}")
+    dp = data_parallel_size or 1
+    what = "micro_batch_size x data-parallel size" if data_parallel_size else "micro_batch_size"
+    per = micro_batch_size * dp
+    for name, v in (("start", start), ("increment", incr)):
+        if v % per:
+            raise ConfigError(f"{_RAMP_KEY}: {name} {v} is not a multiple of {what} = {per}"
+                              + (f" ({micro_batch_size} x {dp})" if data_parallel_size else ""))
+
+
 SECTIONS = ("model", "parallel", "optimizer", "schedule", "data", "checkpoint", "eval", "logging")
 
 
@@ -232,11 +270,16 @@ SECTIONS = ("model", "parallel", "optimizer", "schedule", "data", "checkpoint", 
 # YAML -> dataclass with key-naming errors
 # ----------------------------------------------------------------------------------------------
 def _marks(node, prefix: str, out: Dict[str, int]) -> None:
-    """Map dotted key path -> 1-based YAML line, for error messages."""
+    """Map key path (``data.phases[1].blend.ar.weight``) -> 1-based YAML line, for errors."""
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = f"{prefix}.{k.value}" if prefix else str(k.value)
             out[key] = k.start_mark.line + 1
+            _marks(v, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            key = f"{prefix}[{i}]"
+            out.setdefault(key, v.start_mark.line + 1)
             _marks(v, key, out)
 
 
@@ -244,10 +287,19 @@ class _Where:
     def __init__(self, source: Optional[str], lines: Dict[str, int]):
         self.source, self.lines = source, lines
 
+    def line_of(self, key: str) -> Optional[int]:
+        """Line of ``key`` or of its nearest enclosing key (an unknown key's parent)."""
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            cut = max(key.rfind("."), key.rfind("["))
+            key = key[:cut] if cut > 0 else ""
+        return None
+
     def __call__(self, key: str) -> str:
         if self.source is None:
             return key
-        line = self.lines.get(key)
+        line = self.line_of(key)
         return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
 
 
@@ -340,7 +392,7 @@ def _build(cls, mapping: Any, prefix: str, where: _Where):
             hint = f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(names))})"
             raise ConfigError(f"{where(key)}: unknown key{hint}")
         if k == "data" and cls is TrainConfig:
-            kwargs[k] = v  # routed to the curriculum's own dataclass in _finish
+            kwargs[k] = v  # parsed by the curriculum's own schema in _finish
             continue
         kwargs[k] = _coerce(v, hints[k], key, where)
     return cls(**kwargs)
@@ -350,30 +402,20 @@ def _finish(cfg: TrainConfig, where: _Where) -> TrainConfig:
     if isinstance(cfg.data, dict):
         # The curriculum owns its schema (megatron_ar.data.curriculum_config); relative dataset
         # prefixes resolve against the recipe's folder, run-level values come from our sections.
-        from megatron_ar.data.curriculum_config import CurriculumConfig
-
         base_dir = os.path.dirname(os.path.abspath(where.source)) if where.source else None
-        raw = cfg.data
         try:
             cfg.data = CurriculumConfig.from_dict(cfg.data, base_dir=base_dir).resolved(
                 seq_length=cfg.model.seq_length,
                 global_batch_size=cfg.schedule.global_batch_size,
                 seed=cfg.schedule.seed)
-        except ValueError as exc:
+        except CurriculumConfigError as exc:
             msg = str(exc)
             if not msg.startswith("data"):
                 msg = f"data: {msg}"
-            key = msg.split(":", 1)[0].split("[")[0]
-            line = where.lines.get(key) or where.lines.get("data")
-            loc = f"{where.source}:{line}: " if where.source and line else (
-                f"{where.source}: " if where.source else "")
-            raise ConfigError(loc + msg) from exc
-        # Keep the recipe spelling for the resolved config (absolute dataset prefixes, so the
-        # saved config.yaml reloads from any directory).
-        raw = dict(raw)
-        raw.pop("root", None)
-        raw["datasets"] = dict(cfg.data.datasets)
-        object.__setattr__(cfg, "_data_raw", raw)
+            key, _, rest = msg.partition(": ")
+            raise ConfigError(f"{where(key)}: {rest}") from None
+    elif cfg.data is not None and not isinstance(cfg.data, CurriculumConfig):
+        raise ConfigError(f"{where('data')}: expected a mapping, got {cfg.data!r}")
     validate(cfg, where)
     return cfg
 
@@ -431,12 +473,10 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
          "schedule.lr_decay_style", "must be constant|linear|cosine|WSD|cosine-cooldown|inverse-square-root")
     need(s.lr_warmup_iters >= 0, "schedule.lr_warmup_iters", "must be >= 0")
     if s.rampup_batch_size is not None:
-        from megatron_ar.training.rampup import check_rampup
-
         try:
             check_rampup(s.rampup_batch_size, s.global_batch_size, s.micro_batch_size)
         except ConfigError as exc:
-            raise ConfigError(f"{w('schedule.rampup_batch_size')}{str(exc)[len('schedule.rampup_batch_size'):]}") from None
+            raise ConfigError(f"{w(_RAMP_KEY)}{str(exc)[len(_RAMP_KEY):]}") from None
     for k in ("lr_warmup_samples", "lr_decay_samples"):
         need(getattr(s, k) is None or s.rampup_batch_size is not None, f"schedule.{k}",
              "only used with rampup_batch_size (the schedule counts iterations without ramp-up)")
@@ -462,6 +502,17 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
     need(lg.log_interval >= 1, "logging.log_interval", "must be >= 1")
     need(lg.peak_tflops > 0, "logging.peak_tflops", "must be > 0")
     need(cfg.model.seq_length >= 2, "model.seq_length", "must be >= 2")
+    if cfg.model.overrides:
+        import dataclasses as _dc
+
+        from megatron_ar.models.config import ModelConfig
+
+        fields = {f.name for f in _dc.fields(ModelConfig)}
+        for k in cfg.model.overrides:
+            need(k in fields, f"model.overrides.{k}",
+                 f"unknown ModelConfig field (valid: {', '.join(sorted(fields))})")
+        need("seq_length" not in cfg.model.overrides, "model.overrides.seq_length",
+             "set model.seq_length instead (one place for the sequence length)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,6 +639,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
             raise ConfigError(f"{source or '<recipe>'}: invalid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{source or '<recipe>'}: top level must be a mapping of sections")
+        if not raw:
+            raise ConfigError(f"{source or '<recipe>'}: the recipe is empty")
         if node is not None:
             _marks(node, "", lines)
     cli_keys: set = set()
@@ -626,12 +679,11 @@ def _resolve_paths(cfg: TrainConfig, base_dir: str, cli_keys: set) -> None:
 
 
 def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    """The resolved recipe as plain data; :func:`load_config` reads it back unchanged."""
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if f.name == "data" and getattr(cfg, "_data_raw", None) is not None:
-            v = cfg._data_raw
-        elif dataclasses.is_dataclass(v):
+        if dataclasses.is_dataclass(v):
             to = getattr(v, "to_dict", None)
             v = to() if callable(to) else dataclasses.asdict(v)
         out[f.name] = v

@@ -18,17 +18,18 @@ Design choices
   are taken as given (:mod:`megatron_ar.training.rampup`).
 - The LR of iteration ``k`` (0-based) is ``get_lr`` at ``num_steps == k``: the scheduler is built
   at step 0 and stepped after each update, as Megatron-LM does (so with ``lr_warmup_init=0`` the
-  first update has LR 0).
+  first update has LR 0). The scheduler's arguments are resolved once by the run plan
+  (:mod:`megatron_ar.training.plan`), which also answers "what is the LR at step k" by querying
+  this scheduler class, so there is no second formula.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_ar.training.config import ConfigError, TrainConfig
+from megatron_ar.training.config import TrainConfig
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -70,111 +71,28 @@ class CooldownParamScheduler(OptimizerParamScheduler):
         super().load_state_dict(sd)
 
 
-def schedule_steps(cfg: TrainConfig, train_iters: int) -> dict:
-    """Resolve warmup/decay/cool-down step counts for ``train_iters`` total iterations. With
-    batch-size ramp-up the counts are samples (``unit``), ``total`` the samples of the run."""
-    s = cfg.schedule
-    if s.rampup_batch_size is not None:
-        return _sample_schedule(cfg, train_iters)
-    cooldown = s.lr_cooldown_iters if s.lr_decay_style == "cosine-cooldown" else 0
-    decay = s.lr_decay_iters if s.lr_decay_iters is not None else train_iters - cooldown
-    if decay <= s.lr_warmup_iters:
-        raise ConfigError(
-            f"schedule.lr_decay_iters: decay iterations ({decay}) must exceed "
-            f"lr_warmup_iters ({s.lr_warmup_iters}); train_iters={train_iters}, "
-            f"lr_cooldown_iters={cooldown}")
-    return {"warmup": s.lr_warmup_iters, "decay": decay, "cooldown": cooldown}
-
-
-def _sample_schedule(cfg: TrainConfig, train_iters: int) -> dict:
-    from megatron_ar.training.rampup import BatchSchedule
-
-    s = cfg.schedule
-    g = s.global_batch_size
-    total = BatchSchedule.from_config(cfg).step_start(train_iters)
-    cooldown = s.lr_cooldown_iters * g if s.lr_decay_style == "cosine-cooldown" else 0
-    warmup = s.lr_warmup_samples if s.lr_warmup_samples is not None else s.lr_warmup_iters * g
-    if s.lr_decay_samples is not None:
-        decay, key = s.lr_decay_samples, "schedule.lr_decay_samples"
-    elif s.lr_decay_iters is not None:
-        decay, key = s.lr_decay_iters * g, "schedule.lr_decay_iters"
-    else:
-        decay, key = total - cooldown, "schedule.lr_decay_iters"
-    if decay <= warmup:
-        raise ConfigError(
-            f"{key}: decay samples ({decay}) must exceed warmup samples ({warmup}); the run "
-            f"trains {total} samples in {train_iters} ramped steps, cool-down {cooldown} samples")
-    out = {"warmup": warmup, "decay": decay, "cooldown": cooldown, "unit": "samples", "total": total}
-    if s.lr_decay_style == "WSD":
-        out["wsd_decay"] = s.lr_wsd_decay_iters * g
-    return out
-
-
-def build_scheduler(cfg: TrainConfig, optimizer, train_iters: int) -> CooldownParamScheduler:
-    s, o = cfg.schedule, cfg.optimizer
-    st = schedule_steps(cfg, train_iters)
-    samples = st.get("unit") == "samples"  # ramp-up: stepped with increment=global batch
+def build_scheduler(lr, optimizer) -> CooldownParamScheduler:
+    """megatron-core's scheduler for a resolved :class:`~megatron_ar.training.plan.LRPlan`
+    (positions in iterations, or samples under batch-size ramp-up)."""
+    samples = lr.unit == "samples"
     return CooldownParamScheduler(
         optimizer,
-        init_lr=s.lr_warmup_init,
-        max_lr=o.lr,
-        min_lr=o.min_lr,
-        lr_warmup_steps=st["warmup"],
-        lr_decay_steps=st["decay"],
-        lr_decay_style=s.lr_decay_style,
-        start_wd=o.weight_decay,
-        end_wd=o.weight_decay,
-        wd_incr_steps=st["total"] if samples else train_iters,
+        init_lr=lr.init_lr,
+        max_lr=lr.max_lr,
+        min_lr=lr.min_lr,
+        lr_warmup_steps=lr.warmup,
+        lr_decay_steps=lr.decay,
+        lr_decay_style=lr.style,
+        start_wd=lr.weight_decay,
+        end_wd=lr.weight_decay,
+        wd_incr_steps=lr.total,
         wd_incr_style="constant",
         use_checkpoint_opt_param_scheduler=False,
         override_opt_param_scheduler=False,
-        wsd_decay_steps=st.get("wsd_decay") if samples else s.lr_wsd_decay_iters,
-        lr_wsd_decay_style=s.lr_wsd_decay_style,
-        lr_cooldown_steps=st["cooldown"],
+        wsd_decay_steps=lr.wsd_decay,
+        lr_wsd_decay_style=lr.wsd_decay_style,
+        lr_cooldown_steps=lr.cooldown if lr.style == "cosine-cooldown" else 0,
     )
-
-
-def reference_lr(cfg: TrainConfig, train_iters: int, k: int) -> float:
-    """Closed-form LR of iteration ``k`` (for tests and ``--dry-run`` tables); independent of
-    megatron-core's code path. With batch-size ramp-up ``k`` is the scheduler's position in
-    samples (the consumed samples before a step: :func:`lr_of_step`)."""
-    s, o = cfg.schedule, cfg.optimizer
-    st = schedule_steps(cfg, train_iters)
-    w, d, c = st["warmup"], st["decay"], st["cooldown"]
-    wsd = st.get("wsd_decay", s.lr_wsd_decay_iters)
-    if w > 0 and k <= w:
-        return s.lr_warmup_init + (o.lr - s.lr_warmup_init) * k / w
-    style = s.lr_decay_style
-    if style == "constant":
-        return o.lr
-    if k > d:
-        if style == "cosine-cooldown" and c > 0:
-            return o.min_lr * max(0.0, 1.0 - (k - d) / c)
-        return o.min_lr
-    r = (k - w) / (d - w)
-    if style in ("cosine", "cosine-cooldown"):
-        return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * r))
-    if style == "linear":
-        return o.min_lr + (o.lr - o.min_lr) * (1 - r)
-    if style == "WSD":
-        start = d - wsd
-        if k <= start:
-            return o.lr
-        q = (k - start) / wsd
-        f = {"linear": 1 - q, "cosine": 0.5 * (1 + math.cos(math.pi * q)),
-             "exponential": 2 * 0.5 ** q - 1, "minus_sqrt": 1 - math.sqrt(q)}[s.lr_wsd_decay_style]
-        return o.min_lr + (o.lr - o.min_lr) * f
-    raise ConfigError(f"schedule.lr_decay_style: no reference formula for {style!r}")
-
-
-def lr_of_step(cfg: TrainConfig, train_iters: int, step: int) -> float:
-    """Closed-form LR of 0-based ``step`` (its scheduler position is the step index, or the
-    samples consumed before it under batch-size ramp-up)."""
-    if cfg.schedule.rampup_batch_size is None:
-        return reference_lr(cfg, train_iters, step)
-    from megatron_ar.training.rampup import BatchSchedule
-
-    return reference_lr(cfg, train_iters, BatchSchedule.from_config(cfg).step_start(step))
 
 
 def optimizer_config(cfg: TrainConfig):

@@ -37,9 +37,7 @@ from __future__ import annotations
 import bisect
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from megatron_ar.training.config import ConfigError
-
-_KEY = "schedule.rampup_batch_size"
+from megatron_ar.training.config import check_divisible, check_rampup
 
 
 class BatchSchedule:
@@ -84,6 +82,10 @@ class BatchSchedule:
     def from_config(cls, cfg, data_parallel_size: Optional[int] = None, rank: int = 1) -> "BatchSchedule":
         s = cfg.schedule
         return cls(s.global_batch_size, s.micro_batch_size, s.rampup_batch_size, data_parallel_size, rank)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.rampup is None
 
     # ------------------------------------------------------------------------------ per step
     def global_batch(self, consumed_samples: int) -> int:
@@ -165,92 +167,3 @@ class BatchSchedule:
             out.append({"name": name, "start_step": first, "end_step": end, "steps": end - first,
                         "mixed_step": mixed})
         return out
-
-
-# ---------------------------------------------------------------------------------- checks
-def check_divisible(batch: int, micro_batch_size: int, dp: int, key: str) -> None:
-    per = micro_batch_size * dp
-    if batch % per:
-        raise ConfigError(f"{key}: {batch} is not divisible by micro_batch_size x data-parallel "
-                          f"size = {micro_batch_size} x {dp}")
-
-
-def check_rampup(rampup: Sequence[int], global_batch_size: int, micro_batch_size: int,
-                 data_parallel_size: Optional[int] = None) -> None:
-    """Megatron-LM's requirements on ``--rampup-batch-size``, as errors naming the key. With
-    ``data_parallel_size`` the start and increment must be multiples of micro_batch x DP (every
-    step's batch splits into whole micro-batches of every DP rank); without it, of micro_batch."""
-    if len(rampup) != 3:
-        raise ConfigError(f"{_KEY}: expected [start, increment, ramp_samples], got {list(rampup)}")
-    start, incr, ramp = (int(x) for x in rampup)
-    if start <= 0 or incr <= 0:
-        raise ConfigError(f"{_KEY}: start ({start}) and increment ({incr}) must be > 0")
-    if ramp <= 0:
-        raise ConfigError(f"{_KEY}: ramp_samples must be > 0, got {ramp}")
-    if start >= global_batch_size:
-        raise ConfigError(f"{_KEY}: start batch {start} must be smaller than "
-                          f"schedule.global_batch_size={global_batch_size}")
-    if (global_batch_size - start) % incr:
-        raise ConfigError(f"{_KEY}: global_batch_size - start = {global_batch_size - start} is not a "
-                          f"multiple of the increment {incr}")
-    dp = data_parallel_size or 1
-    what = "micro_batch_size x data-parallel size" if data_parallel_size else "micro_batch_size"
-    per = micro_batch_size * dp
-    for name, v in (("start", start), ("increment", incr)):
-        if v % per:
-            raise ConfigError(f"{_KEY}: {name} {v} is not a multiple of {what} = {per}"
-                              + (f" ({micro_batch_size} x {dp})" if data_parallel_size else ""))
-
-
-def rampup_from_recipe(path: str) -> Optional[List[int]]:
-    """``schedule.rampup_batch_size`` of a YAML recipe (for tools that read only the data part)."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    sched = raw.get("schedule") or {}
-    val = sched.get("rampup_batch_size") if isinstance(sched, dict) else None
-    if val is None:
-        return None
-    if isinstance(val, str):
-        val = [v for v in val.replace(",", " ").split() if v]
-    try:
-        return [int(v) for v in val]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: {_KEY}: expected three integers, got {val!r}") from None
-
-
-def recipe_micro_batch(path: str) -> int:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    return int(((raw.get("schedule") or {}).get("micro_batch_size")) or 1)
-
-
-def ramp_plan(plan, rampup: Sequence[int], micro_batch_size: int) -> Dict[str, object]:
-    """Steps of a curriculum plan (``megatron_ar.data.curriculum_plan.CurriculumPlan``) under
-    ramp-up: runs of equal global batch, steps per phase, the untrained tail."""
-    if not plan.global_batch_size:
-        raise ConfigError(f"{_KEY}: needs the global batch size (schedule.global_batch_size or "
-                          "--global-batch-size)")
-    bs = BatchSchedule(plan.global_batch_size, micro_batch_size, rampup)
-    n = bs.steps_within(plan.total_samples)
-    return {"rampup_batch_size": list(rampup), "micro_batch_size": micro_batch_size, "total_steps": n,
-            "untrained_tail_samples": plan.total_samples - bs.step_start(n), "batches": bs.batch_table(n),
-            "phases": bs.phase_steps([(ph.name, ph.start_sample, ph.end_sample) for ph in plan.phases], n)}
-
-
-def format_ramp_plan(r: Dict[str, object]) -> str:
-    start, incr, samples = r["rampup_batch_size"]
-    lines = [f"Batch-size ramp-up {start} -> +{incr} over {samples:,} samples: {r['total_steps']:,} steps"
-             + (f"; the last {r['untrained_tail_samples']:,} samples are less than a global batch "
-                "(not trained)" if r["untrained_tail_samples"] else "")]
-    for b in r["batches"]:
-        lines.append(f"  steps {b['first_step']:,}..{b['first_step'] + b['steps'] - 1:,}: global batch "
-                     f"{b['global_batch_size']} (from sample {b['first_sample']:,})")
-    for ph in r["phases"]:
-        mixed = f"; step {ph['mixed_step']} also trains the next phase" if ph["mixed_step"] is not None else ""
-        lines.append(f"  phase '{ph['name']}': steps {ph['start_step']:,}..{ph['end_step'] - 1:,} "
-                     f"({ph['steps']:,}){mixed}")
-    return "\n".join(lines)

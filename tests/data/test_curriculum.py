@@ -27,7 +27,6 @@ from megatron_ar.data.curriculum import (
     CurriculumMismatchError,
     PretrainingSampler,
     batch_layout,
-    load_curriculum_config,
     plan_curriculum,
 )
 
@@ -92,7 +91,7 @@ def _recipe(corpus, **over):
     root, data = corpus
     recipe = {
         "model": {"seq_length": SEQ},
-        "training": {"global_batch_size": GBS, "seed": 7},
+        "schedule": {"global_batch_size": GBS, "seed": 7},
         "data": {
             "cache_dir": str(root / "cache"),
             "datasets": {n: p for n, (p, _) in data.items()},
@@ -113,9 +112,22 @@ def _recipe(corpus, **over):
     return recipe
 
 
+def _load_recipe_data(path):
+    from megatron_ar.training.config import load_config
+
+    return load_config(path).data
+
+
+def _cc(recipe):
+    """The recipe's curriculum, read by the one recipe loader (the trainer's)."""
+    from megatron_ar.training.config import load_config
+
+    return load_config(text=yaml.safe_dump(recipe, sort_keys=False)).data
+
+
 @pytest.fixture(scope="module")
 def built(corpus):
-    cfg = CurriculumConfig.from_recipe(_recipe(corpus))
+    cfg = _cc(_recipe(corpus))
     return cfg, CurriculumDataset(cfg)
 
 
@@ -155,7 +167,7 @@ def test_plan_tool_json_and_text(corpus, tmp_path, capsys):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    plan = plan_curriculum(load_curriculum_config(str(path)))
+    plan = plan_curriculum(_load_recipe_data(str(path)))
     assert summary["total_samples"] == plan.total_samples
     assert [p["samples"] for p in summary["phases"]] == [p.samples for p in plan.phases]
     assert summary["phases"][1]["datasets"][2]["dataset"] == "code"
@@ -177,7 +189,7 @@ def test_plan_warnings_fire(corpus):
         {"name": "heavy", "epochs": 5, "blend": {"ar": 50, "code": 50}},
         {"name": "tiny", "tokens": 3 * SEQ, "datasets": ["en"]},
     ]
-    plan = plan_curriculum(CurriculumConfig.from_recipe(recipe))
+    plan = plan_curriculum(_cc(recipe))
     w = "\n".join(plan.warnings)
     assert plan.epochs_total["code"] > 4
     assert "dataset 'code' is repeated" in w and "phase 0 'heavy'" in w
@@ -331,7 +343,7 @@ def test_resume_gives_identical_remaining_sequence(corpus, built):
     cache = os.path.join(cfg.cache_dir)
     mtimes = {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
               for r, _, fs in os.walk(cache) for f in fs}
-    resumed = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(corpus)))  # a fresh process's view
+    resumed = CurriculumDataset(_cc(_recipe(corpus)))  # a fresh process's view
     resumed.load_state_dict(json.loads(json.dumps(state)))
     rest = _run_steps(resumed, total_steps - int(k), mbs=2, dp=2)
     assert rest == full[int(k):]
@@ -374,7 +386,7 @@ def test_changed_recipe_fails_loudly(corpus, built):
     state = ds.state_dict()
     r = _recipe(corpus)
     r["data"]["phases"][1]["blend"]["en"]["weight"] = 30
-    other = CurriculumDataset(CurriculumConfig.from_recipe(r))
+    other = CurriculumDataset(_cc(r))
     with pytest.raises(CurriculumMismatchError) as exc:
         other.load_state_dict(state)
     msg = str(exc.value)
@@ -382,7 +394,7 @@ def test_changed_recipe_fails_loudly(corpus, built):
     r = _recipe(corpus)
     r["model"]["seq_length"] = SEQ * 2
     with pytest.raises(CurriculumMismatchError, match="seq_length: 64 -> 128"):
-        CurriculumDataset(CurriculumConfig.from_recipe(r)).load_state_dict(state)
+        CurriculumDataset(_cc(r)).load_state_dict(state)
     ds.consumed_samples = 0
 
 
@@ -396,11 +408,11 @@ def test_changed_idx_fails_loudly(corpus, tmp_path):
     r = _recipe(corpus, cache_dir=str(tmp_path / "cache"))
     r["data"]["datasets"]["ar"] = prefix
     r["data"]["phases"] = r["data"]["phases"][:1]
-    ds = CurriculumDataset(CurriculumConfig.from_recipe(r))
+    ds = CurriculumDataset(_cc(r))
     state = ds.state_dict()
     # one document re-tokenized (an edit) under the same path
     _write_dataset(prefix, [r_["arabic"] for r_ in recs[:29]] + [recs[29]["arabic"] + " زيادة"])
-    again = CurriculumDataset(CurriculumConfig.from_recipe(r))
+    again = CurriculumDataset(_cc(r))
     with pytest.raises(CurriculumMismatchError) as exc:
         again.load_state_dict(state)
     assert f"datasets.ar ({prefix}.idx) changed: num_tokens" in str(exc.value)
@@ -410,7 +422,7 @@ def test_changed_idx_fails_loudly(corpus, tmp_path):
     m["total_samples"] += 8
     json.dump(m, open(mpath, "w"))
     with pytest.raises(CurriculumMismatchError, match="total_samples"):
-        CurriculumDataset(CurriculumConfig.from_recipe(r))
+        CurriculumDataset(_cc(r))
 
 
 def test_truncated_bin_is_named(corpus, tmp_path):
@@ -423,7 +435,7 @@ def test_truncated_bin_is_named(corpus, tmp_path):
     r = _recipe(corpus, cache_dir=str(tmp_path / "cache"))
     r["data"]["datasets"]["en"] = prefix
     with pytest.raises(Exception, match=r"data.datasets.en: .*\.bin has .* bytes"):
-        CurriculumDataset(CurriculumConfig.from_recipe(r))
+        CurriculumDataset(_cc(r))
 
 
 # ------------------------------------------------------------------------------ config errors
@@ -438,25 +450,34 @@ def test_truncated_bin_is_named(corpus, tmp_path):
     (lambda d: d["datasets"].update(x="/a/b.bin"), "data.datasets.x: give the prefix without"),
 ])
 def test_config_errors_name_the_key(corpus, mutate, key):
+    from megatron_ar.training.config import ConfigError
+
     r = _recipe(corpus)
     mutate(r["data"])
-    with pytest.raises(CurriculumConfigError) as exc:
-        CurriculumConfig.from_recipe(r)
+    with pytest.raises(CurriculumConfigError) as exc:  # the data layer's own schema
+        CurriculumConfig.from_dict(r["data"])
+    assert key in str(exc.value)
+    with pytest.raises(ConfigError) as exc:  # and through the recipe loader
+        _cc(r)
     assert key in str(exc.value)
 
 
-def test_conflicting_run_values_and_token_suffixes(corpus):
+def test_run_level_values_once_and_token_suffixes(corpus):
+    from megatron_ar.training.config import ConfigError
+
     r = _recipe(corpus)
-    r["global_batch_size"] = 16
-    with pytest.raises(CurriculumConfigError, match="conflicting values for global_batch_size"):
-        CurriculumConfig.from_recipe(r)
+    r["data"]["global_batch_size"] = 16  # stated once, in the schedule section
+    with pytest.raises(ConfigError, match="data.global_batch_size: a run-level value, set it once "
+                                          "as schedule.global_batch_size"):
+        _cc(r)
     r = _recipe(corpus)
     r["data"]["phases"][1]["tokens"] = "1.5K"
-    assert CurriculumConfig.from_recipe(r).phases[1].tokens == 1500
-    r = _recipe(corpus)
-    del r["model"]
+    assert _cc(r).phases[1].tokens == 1500
+    cfg = _cc(_recipe(corpus))
+    assert (cfg.seq_length, cfg.global_batch_size, cfg.seed) == (SEQ, GBS, 7)
+    bare = CurriculumConfig.from_dict(_recipe(corpus)["data"])  # no run-level values filled in
     with pytest.raises(CurriculumConfigError, match="data.seq_length: unknown"):
-        plan_curriculum(CurriculumConfig.from_recipe(r))
+        plan_curriculum(bare)
 
 
 # ------------------------------------------------------------------------------ two ranks (gloo)
@@ -464,7 +485,7 @@ def _dist_worker(rank, world, port, recipe, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                          rank=rank, world_size=world)
     try:
-        ds = CurriculumDataset(CurriculumConfig.from_recipe(recipe))  # rank 0 builds, rank 1 reads
+        ds = CurriculumDataset(_cc(recipe))  # rank 0 builds, rank 1 reads
         ds.advance(2 * GBS)
         it = iter(ds.sampler(micro_batch_size=2, data_parallel_rank=rank, data_parallel_size=world))
         got = [[ds.sample_tokens(i).tolist() for i in next(it)] for _ in range(4)]
@@ -500,7 +521,7 @@ def test_appended_phase_resumes_only_when_allowed(corpus, built):
     ds.consumed_samples = 0
     r = _recipe(corpus)
     r["data"]["phases"].append({"name": "extra", "tokens": "4K", "datasets": ["code"]})
-    longer = CurriculumDataset(CurriculumConfig.from_recipe(r))
+    longer = CurriculumDataset(_cc(r))
     with pytest.raises(CurriculumMismatchError, match="phases: 3 -> 4 phases"):
         longer.load_state_dict(state)
     longer.load_state_dict(state, allow_future_changes=True)
@@ -509,7 +530,7 @@ def test_appended_phase_resumes_only_when_allowed(corpus, built):
         assert longer.sample_tokens(i).tolist() == ds.sample_tokens(i).tolist()
     r = _recipe(corpus)
     r["data"]["phases"][1]["tokens"] = 800 * SEQ  # the running phase itself changed: refused
-    changed = CurriculumDataset(CurriculumConfig.from_recipe(r))
+    changed = CurriculumDataset(_cc(r))
     with pytest.raises(CurriculumMismatchError, match=r"phases\[1\] changed after it started"):
         changed.load_state_dict(state, allow_future_changes=True)
 
@@ -520,8 +541,8 @@ def test_plan_needs_only_idx_files(corpus, tmp_path, capsys):
     for name, (prefix, _) in data.items():
         shutil.copy(prefix + ".idx", tmp_path / (name + ".idx"))
         r["data"]["datasets"][name] = str(tmp_path / name)
-    plan = plan_curriculum(CurriculumConfig.from_recipe(r))
-    assert plan.total_samples == plan_curriculum(CurriculumConfig.from_recipe(_recipe(corpus))).total_samples
+    plan = plan_curriculum(_cc(r))
+    assert plan.total_samples == plan_curriculum(_cc(_recipe(corpus))).total_samples
     assert not any(p.suffix == ".bin" for p in tmp_path.iterdir())
     # The CLI too: the plan prints, the .bin-sampling fingerprint is reported as unavailable.
     path = tmp_path / "recipe.yaml"

@@ -14,6 +14,7 @@ import os
 import numpy
 import pytest
 import torch
+import yaml
 
 from megatron_ar.data.curriculum import CurriculumConfig, CurriculumDataset, CurriculumMismatchError
 from megatron_ar.data.curriculum_plan import (
@@ -49,7 +50,14 @@ def _recipe(prefix, cache, mode=None):
             "phases": [{"name": "only", "tokens": 32 * SEQ, "datasets": ["big"]}]}
     if mode:
         data["bin_fingerprint"] = mode
-    return {"model": {"seq_length": SEQ}, "training": {"global_batch_size": GBS}, "data": data}
+    return {"model": {"seq_length": SEQ}, "schedule": {"global_batch_size": GBS}, "data": data}
+
+
+def _cc(recipe):
+    """The recipe's curriculum, read by the one recipe loader (the trainer's)."""
+    from megatron_ar.training.config import load_config
+
+    return load_config(text=yaml.safe_dump(recipe, sort_keys=False)).data
 
 
 def _flip(path, offset, n=8):
@@ -98,7 +106,7 @@ def copy_prefix(big_prefix, tmp_path):
 
 def test_rewrite_inside_sampled_block_fails_resume_naming_the_file(copy_prefix, tmp_path):
     cache = str(tmp_path / "cache")
-    ds = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache)))
+    ds = CurriculumDataset(_cc(_recipe(copy_prefix, cache)))
     ds.advance(GBS)
     state = ds.state_dict()
     size = os.path.getsize(copy_prefix + ".bin")
@@ -106,7 +114,7 @@ def test_rewrite_inside_sampled_block_fails_resume_naming_the_file(copy_prefix, 
     _flip(copy_prefix + ".bin", middle)
     assert os.path.getsize(copy_prefix + ".bin") == size
     # a fresh run on the changed data works: its index is built under the new fingerprint
-    again = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache)))
+    again = CurriculumDataset(_cc(_recipe(copy_prefix, cache)))
     assert again.fingerprint != ds.fingerprint and again.index_dir != ds.index_dir
     assert len(again) == len(ds) and again.manifest["datasets"]["big"]["idx_sha256"] == \
         ds.manifest["datasets"]["big"]["idx_sha256"]  # .idx identical: only the .bin digest saw it
@@ -121,29 +129,29 @@ def test_rewrite_in_unsampled_gap_is_the_documented_blind_spot(copy_prefix, tmp_
     cache = str(tmp_path / "cache")
     path = copy_prefix + ".bin"
     size = os.path.getsize(path)
-    sampled = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache)))
-    full = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache, "full")))
-    size_only = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache, "size")))
+    sampled = CurriculumDataset(_cc(_recipe(copy_prefix, cache)))
+    full = CurriculumDataset(_cc(_recipe(copy_prefix, cache, "full")))
+    size_only = CurriculumDataset(_cc(_recipe(copy_prefix, cache, "size")))
     states = {m: d.state_dict() for m, d in (("sampled", sampled), ("full", full), ("size", size_only))}
     assert len({s["fingerprint"] for s in states.values()}) == 3  # the mode is fingerprinted
     _flip(path, _gap_offset(size))
     # sampled: not detected (the change is confined to bytes it does not read)
-    after = CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache)))
+    after = CurriculumDataset(_cc(_recipe(copy_prefix, cache)))
     assert after.fingerprint == sampled.fingerprint
     after.load_state_dict(states["sampled"])
     # size only: not detected either
-    CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache, "size"))).load_state_dict(states["size"])
+    CurriculumDataset(_cc(_recipe(copy_prefix, cache, "size"))).load_state_dict(states["size"])
     # full: detected, naming the file
     with pytest.raises(CurriculumMismatchError) as exc:
-        CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache, "full"))).load_state_dict(states["full"])
+        CurriculumDataset(_cc(_recipe(copy_prefix, cache, "full"))).load_state_dict(states["full"])
     assert f"datasets.big ({copy_prefix}.bin) changed: bin_sha256" in str(exc.value) and "(full)" in str(exc.value)
     # switching modes between save and resume is refused with a message that says so
     with pytest.raises(CurriculumMismatchError, match=r"fingerprint mode changed sampled:34x65536 -> full"):
-        CurriculumDataset(CurriculumConfig.from_recipe(_recipe(copy_prefix, cache, "full"))).load_state_dict(states["sampled"])
+        CurriculumDataset(_cc(_recipe(copy_prefix, cache, "full"))).load_state_dict(states["sampled"])
 
 
 def test_first_and_last_blocks_are_always_sampled(copy_prefix, tmp_path):
-    cfg = CurriculumConfig.from_recipe(_recipe(copy_prefix, str(tmp_path / "cache")))
+    cfg = _cc(_recipe(copy_prefix, str(tmp_path / "cache")))
     plan = plan_curriculum(cfg)
     fp0 = fingerprint_of(build_manifest(cfg, plan))
     size = os.path.getsize(copy_prefix + ".bin")
@@ -158,9 +166,13 @@ def test_first_and_last_blocks_are_always_sampled(copy_prefix, tmp_path):
 def test_bad_mode_and_missing_bin_name_the_key_and_file(copy_prefix, tmp_path):
     from megatron_ar.data.curriculum import CurriculumConfigError, CurriculumDataError
 
+    from megatron_ar.training.config import ConfigError
+
     with pytest.raises(CurriculumConfigError, match="data.bin_fingerprint: must be sampled, full or size"):
-        CurriculumConfig.from_recipe(_recipe(copy_prefix, str(tmp_path), "md5"))
-    cfg = CurriculumConfig.from_recipe(_recipe(copy_prefix, str(tmp_path / "cache")))
+        CurriculumConfig.from_dict(_recipe(copy_prefix, str(tmp_path), "md5")["data"])
+    with pytest.raises(ConfigError, match="data.bin_fingerprint: must be sampled, full or size"):
+        _cc(_recipe(copy_prefix, str(tmp_path), "md5"))
+    cfg = _cc(_recipe(copy_prefix, str(tmp_path / "cache")))
     plan = plan_curriculum(cfg)  # .idx only
     os.remove(copy_prefix + ".bin")
     with pytest.raises(CurriculumDataError, match=rf"data.datasets.big: file not found: {copy_prefix}\.bin"):

@@ -135,18 +135,19 @@ def test_lr_schedule_counts_samples_under_rampup():
     import math
 
     from megatron_ar.training.config import load_config
-    from megatron_ar.training.optimizer import build_scheduler, lr_of_step, schedule_steps
+    from megatron_ar.training.plan import build_run_plan
     from megatron_ar.training.rampup import BatchSchedule
 
     cfg = load_config(None, ["--lr", "1e-2", "--min-lr", "1e-3", "--global-batch-size", "16",
                              "--micro-batch-size", "2", "--rampup-batch-size", "8", "4", "200",
                              "--lr-warmup-iters", "5", "--lr-decay-style", "cosine-cooldown",
-                             "--lr-cooldown-iters", "10"])
-    st = schedule_steps(cfg, STEPS)
+                             "--lr-cooldown-iters", "10", "--train-iters", str(STEPS)])
+    plan = build_run_plan(cfg, 2)
+    lr = plan.lr
     # 5 and 10 final global batches; the run trains 440 samples; decay ends at 440 - 160.
-    assert st == {"warmup": 80, "decay": 280, "cooldown": 160, "unit": "samples", "total": 440}
+    assert (lr.warmup, lr.decay, lr.cooldown, lr.unit, lr.total) == (80, 280, 160, "samples", 440)
     opt = types.SimpleNamespace(param_groups=[{"params": []}])
-    sch = build_scheduler(cfg, opt, STEPS)
+    sch = plan.build_scheduler(opt)
     bs = BatchSchedule.from_config(cfg, 2)
     for k in range(STEPS):
         c, g = bs.step(k)
@@ -157,12 +158,13 @@ def test_lr_schedule_counts_samples_under_rampup():
         else:
             want = 1e-3 * (1 - (c - 280) / 160)
         assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12, abs=1e-15), k
-        assert lr_of_step(cfg, STEPS, k) == pytest.approx(want, rel=1e-12, abs=1e-15), k
+        assert plan.lr_at(k) == pytest.approx(want, rel=1e-12, abs=1e-15), k
         sch.step(increment=g)
     assert sch.num_steps == 440 and opt.param_groups[0]["lr"] == 0.0
     # Megatron-LM's sample keys override the iteration conversion.
     cfg.schedule.lr_warmup_samples, cfg.schedule.lr_decay_samples = 50, 300
-    assert schedule_steps(cfg, STEPS)["warmup"] == 50 and schedule_steps(cfg, STEPS)["decay"] == 300
+    lr = build_run_plan(cfg, 2).lr
+    assert lr.warmup == 50 and lr.decay == 300
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +185,10 @@ def _records(run_dir, name):
 
 
 def test_run_batch_sizes_and_sample_accounting(ramp_run):
+    from lr_reference import reference_lr
+
     from megatron_ar.training.config import load_config
-    from megatron_ar.training.optimizer import reference_lr
+    from megatron_ar.training.plan import build_run_plan
 
     m = ramp_run["metrics"]
     assert sorted(m) == list(range(STEPS))
@@ -211,9 +215,11 @@ def test_run_batch_sizes_and_sample_accounting(ramp_run):
         assert m[k]["tflops_per_device"] == pytest.approx(want, rel=1e-9)
     assert cfg.schedule.rampup_batch_size == RAMP
     assert m[5]["lr"] == pytest.approx(1e-2 * 40 / 80, rel=1e-6)
+    plan = build_run_plan(cfg, 2)
     for k in range(STEPS):
-        assert m[k]["lr"] == pytest.approx(reference_lr(cfg, STEPS, m[k]["consumed_samples_before"]),
+        assert m[k]["lr"] == pytest.approx(reference_lr(plan.lr, m[k]["consumed_samples_before"]),
                                            rel=1e-6, abs=1e-12)
+        assert m[k]["lr"] == plan.lr_at(k)  # the plan answers with the trained scheduler's LR
     # Every global sample index in [0, 440) is trained exactly once, by the rank/micro-batch of
     # Megatron's sampler order.
     seen = []

@@ -5,13 +5,24 @@ import types
 
 import pytest
 
+from lr_reference import reference_lr
+
 from megatron_ar.training.config import load_config
 from megatron_ar.training.metrics import FlopShape, flops_per_step
-from megatron_ar.training.optimizer import build_scheduler, reference_lr
+from megatron_ar.training.plan import build_run_plan
 
 
 def _cfg(*args):
     return load_config(None, ["--lr", "3e-4", "--min-lr", "3e-5", "--lr-warmup-iters", "10", *args])
+
+
+def _plan(cfg, train_iters):
+    cfg.schedule.train_iters = train_iters
+    return build_run_plan(cfg, 1)
+
+
+def build_scheduler(cfg, opt, train_iters):
+    return _plan(cfg, train_iters).build_scheduler(opt)
 
 
 def _run(cfg, train_iters):
@@ -39,7 +50,9 @@ def test_fanar_cosine_cooldown_matches_hand_formula():
     lrs, _, _ = _run(cfg, 100)
     for k in range(103):
         assert lrs[k] == pytest.approx(fanar_by_hand(k), rel=1e-12, abs=1e-15), k
-        assert lrs[k] == pytest.approx(reference_lr(cfg, 100, min(k, 100)) if k <= 100 else 0.0, abs=1e-15)
+        assert lrs[k] == pytest.approx(reference_lr(_plan(cfg, 100).lr, min(k, 100)) if k <= 100 else 0.0, abs=1e-15)
+        if k < 100:  # the plan's LR of step k is the trained scheduler's
+            assert _plan(cfg, 100).lr_at(k) == lrs[k]
     assert lrs[10] == pytest.approx(3e-4) and lrs[80] == pytest.approx(3e-5) and lrs[100] == 0.0
 
 
@@ -49,7 +62,7 @@ def test_wsd_and_cosine_match_reference():
         cfg = _cfg(*args)
         lrs, _, _ = _run(cfg, 100)
         for k in range(101):
-            assert lrs[k] == pytest.approx(reference_lr(cfg, 100, k), rel=1e-12, abs=1e-15), (args, k)
+            assert lrs[k] == pytest.approx(reference_lr(_plan(cfg, 100).lr, k), rel=1e-12, abs=1e-15), (args, k)
     cfg = _cfg("--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "30")
     lrs, _, _ = _run(cfg, 100)
     assert lrs[70] == pytest.approx(3e-4) and lrs[85] == pytest.approx(3e-5 + (3e-4 - 3e-5) * 0.5)

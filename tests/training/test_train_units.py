@@ -106,20 +106,43 @@ def test_mc_scoring_and_errors(tmp_path):
 
 
 def test_dry_run_plan_of_the_fanar_recipes(repo_root):
+    """The Fanar recipes carry the report's values (Fanar report, Tables 6 and 7, Secs.
+    6.3-6.4) and the dry run resolves and prints them."""
     from megatron_ar.training.config import load_config
-    from megatron_ar.training.plan import plan_run
+    from megatron_ar.training.plan import format_plan, plan_run
 
     star = plan_run(load_config(os.path.join(repo_root, "examples/recipes/fanar_star_7b.yaml")), 168)
-    assert star["layout"]["dp"] == 84 and star["batch"]["num_microbatches"] == 6
-    assert star["batch"]["tokens_per_step"] == 1008 * 4096
+    assert star["layout"]["dp"] == 84 and star["batch"]["num_microbatches"] == 8
+    assert star["batch"]["tokens_per_step"] == 1344 * 4096  # ~5.5M tokens (Sec. 6.3.2)
+    o = star["optimizer"]
+    assert (o["lr"], o["min_lr"], o["adam_beta1"], o["adam_beta2"], o["adam_eps"], o["weight_decay"],
+            o["clip_grad"], o["grad_reduce_dtype"], o["optimizer_state_dtype"]) == \
+        (3e-4, 3e-5, 0.9, 0.95, 1e-5, 0.1, 1.0, "fp32", "fp32")
+    assert star["lr"]["warmup_iters"] == 2000 and star["lr"]["style"] == "cosine-cooldown"
     cool = star["phases"][-1]
-    assert cool["name"] == "cooldown" and cool["steps"] == math.ceil(100e9 / (1008 * 4096))
+    assert cool["name"] == "cooldown" and cool["steps"] == math.ceil(100e9 / (1344 * 4096))
+    assert star["lr"]["cooldown_iters"] == cool["steps"]  # LR linearly to zero over the cool-down
+    assert [p["name"] for p in star["phases"]] == ["broad", "filtered", "cooldown"]
     assert star["phases"][0]["steps"] is None  # epoch budgets need the .idx files
+    text = format_plan(star)
+    assert "eps 1e-05" in text and "1344 = 2 x 84 (DP) x 8 (micro-batches)" in text
     prime = plan_run(load_config(os.path.join(repo_root, "examples/recipes/fanar_prime_9b_cpt.yaml")), 168)
     assert prime["layout"] == {"tp": 4, "pp": 2, "vpp": 1, "dp": 21, "sequence_parallel": True,
                                "distributed_optimizer": True}
     assert prime["batch"]["check"] == "1071 = 1 x 21 (DP) x 51 (micro-batches)"
-    # Memory: bf16 weights (2 B/param) + bf16 grad reduce (2) + fp32 master+Adam (12) / DP 21.
+    o = prime["optimizer"]
+    assert (o["lr"], o["min_lr"], o["adam_eps"], o["weight_decay"], o["grad_reduce_dtype"],
+            o["optimizer_state_dtype"]) == (8e-6, 1e-6, 1e-8, 0.01, "bf16", "bf16")
+    assert prime["lr"]["warmup_iters"] == 100
+    assert [p["name"] for p in prime["phases"]] == ["cpt", "cooldown"]
+    assert prime["phases"][0]["epochs"] == 1 and prime["phases"][-1]["lr_schedule"] == "linear_to_zero"
+    shares = {}
+    import yaml
+
+    raw = yaml.safe_load(open(os.path.join(repo_root, "examples/recipes/fanar_prime_9b_cpt.yaml")))
+    for g, v in raw["data"]["phases"][0]["blend"].items():
+        shares[g] = v["weight"]
+    assert shares == {"ar": 45, "en": 45, "code": 10}  # Sec. 6.4.1
+    # Memory: bf16 weights (2 B/param) + bf16 grad reduce (2) + optimizer state / DP 21.
     m = prime["memory_per_gpu"]
-    assert m["optimizer_gib"] == pytest.approx(m["params_per_rank"] * 12 / 21 / 2**30)
     assert m["grads_gib"] == pytest.approx(m["weights_gib"])

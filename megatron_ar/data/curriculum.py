@@ -210,8 +210,23 @@ def _gpt_cache_dir(cache_dir: str, stats: DatasetStats) -> str:
     return os.path.join(cache_dir, "gpt", f"{stats.name}-{stats.idx_sha256[:16]}")
 
 
-def _epoch_marker(folder: str, epoch: int, seed: int) -> str:
-    return os.path.join(folder, f"epoch{epoch}-seed{seed}.ok")
+def _dataset_label(stats: DatasetStats) -> str:
+    """What megatron's GPTDataset records as ``dataset_path`` (part of its cache-file hash). Not
+    the path: a location-independent label of the ``.idx`` content, so the cached indices stay
+    valid when the data moves to another mount (megatron-core hashes ``dataset_path`` into the
+    cache file names; the real path would make a moved dataset miss its own cache)."""
+    return f"{stats.name}@idx-sha256:{stats.idx_sha256[:16]}"
+
+
+def _epoch_marker(folder: str, epoch: int, seed: int, config: CurriculumConfig) -> str:
+    """Marker of a published epoch, keyed by every setting that changes megatron's cache files
+    (a marker of other settings must not claim their files)."""
+    settings = json.dumps([config.require_seq_length(), config.add_extra_token_to_sequence,
+                           config.reset_position_ids, config.reset_attention_mask,
+                           config.eod_mask_loss, config.create_attention_mask, config.eod_token_id,
+                           config.pad_token_id])
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return os.path.join(folder, f"epoch{epoch}-seed{seed}-{tag}.ok")
 
 
 def _build_epoch(config: CurriculumConfig, stats: DatasetStats, indexed, epoch: int, cache_dir: str) -> None:
@@ -221,13 +236,14 @@ def _build_epoch(config: CurriculumConfig, stats: DatasetStats, indexed, epoch: 
 
     final = _gpt_cache_dir(cache_dir, stats)
     seed = epoch_seed(config.seed, stats.name, epoch)
-    if os.path.isfile(_epoch_marker(final, epoch, seed)):
+    marker = _epoch_marker(final, epoch, seed, config)
+    if os.path.isfile(marker):
         return
     os.makedirs(final, exist_ok=True)
     staging = os.path.join(final, f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
     try:
-        gd = GPTDataset(indexed, stats.prefix, numpy.arange(stats.num_sequences, dtype=numpy.int32),
+        gd = GPTDataset(indexed, _dataset_label(stats), numpy.arange(stats.num_sequences, dtype=numpy.int32),
                         None, Split.train, _gpt_config(config, stats.prefix, seed, staging))
         if len(gd) != stats.samples_per_epoch:
             raise CurriculumDataError(
@@ -237,10 +253,10 @@ def _build_epoch(config: CurriculumConfig, stats: DatasetStats, indexed, epoch: 
         files = sorted(os.listdir(staging), key=lambda f: f.endswith("description.txt"))
         for f in files:  # description last: megatron treats the set as a cache hit only when complete
             os.replace(os.path.join(staging, f), os.path.join(final, f))
-        tmp = _epoch_marker(final, epoch, seed) + f".tmp{os.getpid()}"
+        tmp = marker + f".tmp{os.getpid()}"
         with open(tmp, "w") as fh:
             fh.write(json.dumps({"dataset": stats.name, "epoch": epoch, "seed": seed, "files": files}))
-        os.replace(tmp, _epoch_marker(final, epoch, seed))
+        os.replace(tmp, marker)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -389,13 +405,13 @@ class CurriculumDataset(torch.utils.data.Dataset):
             st = self.plan.stats[self.names[dataset_id]]
             seed = epoch_seed(self.config.seed, st.name, epoch)
             folder = _gpt_cache_dir(self.cache_dir, st)
-            if not os.path.isfile(_epoch_marker(folder, epoch, seed)):
+            if not os.path.isfile(_epoch_marker(folder, epoch, seed, self.config)):
                 raise CurriculumMismatchError(f"{folder}: epoch {epoch} of dataset '{st.name}' is not in "
                                               "the cache (not prepared on rank 0?)")
             if dataset_id not in self._indexed:
                 self._indexed[dataset_id] = _open_indexed(st.name, st.prefix)
             self._gpt[key] = GPTDataset(
-                self._indexed[dataset_id], st.prefix, numpy.arange(st.num_sequences, dtype=numpy.int32),
+                self._indexed[dataset_id], _dataset_label(st), numpy.arange(st.num_sequences, dtype=numpy.int32),
                 None, Split.train, _gpt_config(self.config, st.prefix, seed, folder))
         return self._gpt[key]
 

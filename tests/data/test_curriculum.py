@@ -554,3 +554,33 @@ def test_plan_needs_only_idx_files(corpus, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["total_samples"] == plan.total_samples
     assert summary["fingerprint"].startswith("unavailable:") and ".bin" in summary["fingerprint"]
+
+
+def test_moved_data_reuses_its_cache_and_changed_settings_rebuild(corpus, built, tmp_path):
+    """Moving the .bin/.idx to another mount keeps the curriculum and its cached indices (megatron
+    hashes GPTDataset's ``dataset_path`` into its cache names: we give it a label of the .idx
+    content, not the path); a setting that changes the indices builds its own instead of trusting
+    a marker of other settings."""
+    root, data = corpus
+    _, ds = built
+    gpt_dir = root / "cache" / "gpt"
+    before = sorted(str(p) for p in gpt_dir.rglob("*") if p.is_file())
+    r = _recipe(corpus)
+    for name, (prefix, _) in data.items():
+        for ext in (".bin", ".idx"):
+            shutil.copy(prefix + ext, tmp_path / (name + ext))
+        r["data"]["datasets"][name] = str(tmp_path / name)
+    moved = CurriculumDataset(_cc(r))
+    assert moved.fingerprint == ds.fingerprint
+    assert sorted(str(p) for p in gpt_dir.rglob("*") if p.is_file()) == before  # nothing rebuilt
+    for i in (0, 17, len(ds) - 1):
+        assert moved.sample_tokens(i).tolist() == ds.sample_tokens(i).tolist()
+    tokens = numpy.asarray(ds[3]["tokens"])
+    eod = int(Counter(tokens.tolist()).most_common(1)[0][0])  # a token that occurs in sample 3
+    r["data"].update(eod_mask_loss=True, eod_token_id=eod)
+    masked = CurriculumDataset(_cc(r))
+    item = masked[3]
+    assert item["tokens"].tolist() == tokens.tolist()
+    want = (tokens != eod).astype(numpy.float32)  # megatron masks the loss at EOD inputs
+    assert want.min() == 0.0
+    numpy.testing.assert_array_equal(numpy.asarray(item["loss_mask"], dtype=numpy.float32), want)

@@ -45,14 +45,6 @@ def model_config_from(cfg: TrainConfig):
         raise ConfigError(f"model.overrides: {exc}") from exc
 
 
-def _te_importable() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # ImportError or a broken CUDA install
-        return False
-    return torch.cuda.is_available()
-
-
 def fp8_transformer_kwargs(cfg: TrainConfig) -> dict:
     """megatron-core ``TransformerConfig`` fields of the recipe's fp8 keys, set the way
     Megatron-LM's ``core_transformer_config_from_args`` sets them: every argument whose name is a
@@ -72,11 +64,13 @@ def check_precision_support(cfg: TrainConfig) -> None:
     *silently ignores* ``fp8`` with the local layer spec (measured: a model built with
     ``fp8="hybrid"`` trains in bf16 with no warning), and the precision-aware optimizer crashes
     inside torch's AdamW (``exp_avg_dtype`` is not one of its arguments)."""
+    from megatron_ar.models.spec import te_available
+
     o = cfg.optimizer
-    if o.fp8_format is not None and not _te_importable():
+    if o.fp8_format is not None and not te_available():
         raise ConfigError("optimizer.fp8_format: fp8 needs Transformer Engine on a GPU "
                           "(pip install megatron_ar[te]); set fp8_format: null on this machine")
-    if o.use_precision_aware_optimizer and not _te_importable():
+    if o.use_precision_aware_optimizer and not te_available():
         raise ConfigError("optimizer.use_precision_aware_optimizer: needs Transformer Engine's "
                           "FusedAdam on a GPU (torch's AdamW keeps fp32 state only); set it to false")
 

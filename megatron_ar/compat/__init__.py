@@ -15,21 +15,26 @@ Rule of the house: code outside this package may use megatron-core's public API 
 no leading underscore) directly; a private name, an instance patch, an upstream workaround or
 knowledge of an undocumented on-disk layout belongs here.
 
-==============================================  ==========================================  ==============
-what                                            function                                    kind
-==============================================  ==========================================  ==============
-tensor_parallel.random._get/_set_cuda_rng_state rng.cuda_rng_state_patches                  CPU enablement
-DistributedOptimizer state_dict on empty Adam   optimizer.init_optimizer_state              upstream bug
-_set_main_param_and_optimizer_states + 'step'   optimizer.patch_step_copy                   upstream bug
-load_state_dict shares one 'step' tensor        optimizer.unshare_step_tensors              upstream bug
-HAVE_APEX_OR_TE (FusedAdam or torch Adam)       optimizer.fused_adam_in_use                 private flag
-optimizer checkpoint layout (common.pt, keys)   optimizer_state.*                           layout
-batched p2p on gloo with prev == next peer      p2p.batch_p2p_comm                          upstream bug
-datasets.indexed_dataset._IndexReader           indexed.open_index                          private name
-GPTDataset._query_document_sample_shuffle_...   indexed.gpt_sample_tokens                   private name
-strategies.torch._replace_state_dict_keys_...   dist_checkpointing.replace_state_dict_...   private name
-common.pt writer (0.16 registry / 0.17+ func)   dist_checkpointing.save_common_state        version branch
-==============================================  ==========================================  ==============
+What is here (module.function: the megatron-core name or behaviour; kind)
+- rng.cuda_rng_state_patches: tensor_parallel.random._get_cuda_rng_state / _set_cuda_rng_state;
+  CPU enablement (installed by megatron_ar.runtime.cpu)
+- optimizer.init_optimizer_state: DistributedOptimizer.state_dict asserts on a fresh torch
+  Adam; upstream bug (calls the private _init_optimizer_states_with_dummy_values)
+- optimizer.patch_step_copy: DistributedOptimizer._set_main_param_and_optimizer_states needs a
+  'step' the reshardable loaders drop; upstream bug, instance patch
+- optimizer.unshare_step_tensors: DistributedOptimizer.load_state_dict shares one 'step'
+  tensor between parameters; upstream bug
+- optimizer.fused_adam_in_use: distrib_optimizer.HAVE_APEX_OR_TE; private flag
+- optimizer_state.*: the optimizer checkpoint layout (common.pt, chained dicts, state keys,
+  fully_reshardable order, param-group identifiers); undocumented layout
+- p2p.batch_p2p_comm: batched pipeline p2p swaps messages on gloo when prev == next peer;
+  upstream behaviour on gloo
+- indexed.open_index / indexed.gpt_sample_tokens: datasets.indexed_dataset._IndexReader,
+  GPTDataset._query_document_sample_shuffle_indices (2-tuple up to 0.18, 3-tuple from 0.19);
+  private names, version branch
+- dist_checkpointing.replace_state_dict_keys_with_sharded_keys: strategies.torch private
+  helper; dist_checkpointing.save_common_state: common.pt writer (0.16 strategy registry,
+  0.17+ function); version branch
 """
 from megatron_ar.compat.version import (
     MCORE_VERSION,

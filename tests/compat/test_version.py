@@ -62,3 +62,13 @@ def test_import_fails_with_a_shadowing_unsupported_megatron_core(tmp_path):
     assert res.returncode != 0
     assert "UnsupportedMegatronCoreError: megatron-core 0.21.3 is not supported" in res.stderr
     assert ">=0.16.1,<0.20.0" in res.stderr
+
+
+def test_setup_py_accepts_exactly_the_supported_range():
+    """install_requires must neither force a downgrade nor accept what compat refuses."""
+    import re
+
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as f:
+        m = re.search(r'"megatron-core>=([\d.]+),<([\d.]+)"', f.read())
+    assert m, "setup.py: no megatron-core>=X,<Y requirement"
+    assert (v.parse(m.group(1)), v.parse(m.group(2))) == v.SUPPORTED

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-stamp=.ci/.installed-$(sha1sum .ci/install.sh setup.py | sha1sum | cut -c1-12)
+stamp=.ci/.installed-$(sha1sum .ci/install.sh setup.py pyproject.toml | sha1sum | cut -c1-12)
 if [ -f "$stamp" ] && $PY -c "import megatron_ar, megatron.core, transformers" 2>/dev/null; then
   exit 0
 fi

@@ -59,7 +59,10 @@ def roots_from_pairs(n, pairs):
 
 
 def run_datasketch(texts, cfg):
-    from datasketch import MinHash, MinHashLSH
+    try:
+        from datasketch import MinHash, MinHashLSH
+    except ImportError as exc:
+        raise SystemExit("benchmarks/dedup.py compares with datasketch: pip install 'megatron_ar[bench]'") from exc
 
     from megatron_ar.text.dedup import shingle_set
 

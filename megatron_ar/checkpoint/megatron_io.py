@@ -15,7 +15,8 @@ Design choices
   checkpoints store *global* tensors and reshard on load.
 - Streaming save: megatron-core's own writer (``FileSystemWriterAsync``) resolves every tensor
   before writing, i.e. it needs the whole model in memory. We translate the sharded state dict
-  with megatron-core's own helpers (``_replace_state_dict_keys_with_sharded_keys``,
+  with megatron-core's own helpers (``_replace_state_dict_keys_with_sharded_keys`` via
+  :mod:`megatron_ar.compat.dist_checkpointing`,
   ``mcore_to_pyt_state_dict``, ``MCoreSavePlanner``) and hand it to
   ``torch.distributed.checkpoint`` with a ``FileSystemWriter`` whose write loop resolves, writes
   and drops one item at a time (:func:`_streaming_writer`). Our planner computes each item lazily
@@ -361,11 +362,11 @@ def save_streaming(layout: MegatronLayout, directory: str,
     Returns the number of tensor items written."""
     import torch.distributed.checkpoint as dcp
     from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
-    from megatron.core.dist_checkpointing.serialization import get_default_save_common_strategy
-    from megatron.core.dist_checkpointing.strategies.torch import (
-        MCoreSavePlanner,
-        _replace_state_dict_keys_with_sharded_keys,
-        mcore_to_pyt_state_dict,
+    from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner, mcore_to_pyt_state_dict
+
+    from megatron_ar.compat.dist_checkpointing import (
+        replace_state_dict_keys_with_sharded_keys,
+        save_common_state,
     )
     from torch.distributed.checkpoint.planner import WriteItemType
 
@@ -381,7 +382,7 @@ def save_streaming(layout: MegatronLayout, directory: str,
         state[name] = shards
     for name, obj in layout.objects.items():
         state[name] = obj
-    flat, _, _ = _replace_state_dict_keys_with_sharded_keys(state, keep_only_main_replica=True)
+    flat, _, _ = replace_state_dict_keys_with_sharded_keys(state, keep_only_main_replica=True)
     pyt_state = mcore_to_pyt_state_dict(flat, is_loading=False)
 
     class _LazyPlanner(MCoreSavePlanner):
@@ -413,7 +414,7 @@ def save_streaming(layout: MegatronLayout, directory: str,
             return chunk.reshape(tuple(write_item.tensor_data.chunk.sizes))
 
     planner = _LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False)
-    get_default_save_common_strategy().save_common({}, directory)
+    save_common_state({}, directory)
     dcp.save(pyt_state, storage_writer=_streaming_writer(directory), planner=planner)
     planner.cached = (None, None)
     save_config(CheckpointingConfig("torch_dist", 1), directory)

@@ -428,8 +428,9 @@ class CurriculumDataset(torch.utils.data.Dataset):
         """The raw ``seq_length + 1`` token ids of a sample (what ``tokens``/``labels`` come from)."""
         idx = self._check(idx)
         d, e, j = self._locate(idx)
-        text, _ = self.epoch_dataset(d, e)._query_document_sample_shuffle_indices(j)
-        return text
+        from megatron_ar.compat.indexed import gpt_sample_tokens
+
+        return gpt_sample_tokens(self.epoch_dataset(d, e), j)
 
     def describe_sample(self, idx: int) -> SampleInfo:
         idx = self._check(idx)

@@ -72,13 +72,15 @@ class DatasetStats:
 
 def read_dataset_stats(name: str, prefix: str, seq_length: int, add_extra_token: bool = True) -> DatasetStats:
     """Stats of one ``.bin/.idx`` dataset from its ``.idx`` (the ``.bin`` is not opened)."""
-    from megatron.core.datasets.indexed_dataset import _IndexReader, get_idx_path
+    from megatron.core.datasets.indexed_dataset import get_idx_path
+
+    from megatron_ar.compat.indexed import open_index
 
     idx_path = get_idx_path(prefix)
     if not os.path.isfile(idx_path):
         raise CurriculumDataError(f"data.datasets.{name}: index file not found: {idx_path}")
     try:
-        reader = _IndexReader(idx_path, multimodal=False)
+        reader = open_index(idx_path)
     except (AssertionError, ValueError, OSError, struct.error) as exc:
         raise CurriculumDataError(f"data.datasets.{name}: {idx_path} is not a Megatron .idx "
                                   f"file ({exc})") from None

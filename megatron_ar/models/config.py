@@ -210,6 +210,8 @@ class ModelConfig:
         """
         from megatron.core.transformer.transformer_config import TransformerConfig
 
+        from megatron_ar.compat.p2p import batch_p2p_comm
+
         if sequence_parallel and tp < 2:
             raise ConfigError("to_transformer_config: sequence_parallel needs tp >= 2")
         if self.num_attention_heads % tp or self.groups % tp:
@@ -267,12 +269,9 @@ class ModelConfig:
             gradient_accumulation_fusion=False,
             persist_layer_norm=False,
             attention_softmax_in_fp32=True,
-            # gloo matches point-to-point messages between two ranks by posting order only.
-            # megatron-core's batched p2p posts [send_prev, recv_prev, send_next, recv_next] on
-            # every rank, so with PP=2 (prev == next peer) an activation and a gradient of the
-            # same shape get swapped silently (measured: PP=2+VPP loss off by 0.4%, grads wrong).
-            # The unbatched path orders ops by rank parity and is exact.
-            batch_p2p_comm=on_gpu,
+            # Unbatched p2p on gloo: megatron-core's batched p2p swaps same-shape activations
+            # and gradients there when prev == next peer (see megatron_ar.compat.p2p).
+            batch_p2p_comm=batch_p2p_comm(on_gpu),
         )
         kwargs.update(overrides)
         return TransformerConfig(**kwargs)

@@ -13,7 +13,8 @@ makes those calls resolve to the CPU:
    as on GPUs), ``synchronize``/``empty_cache``/``set_device`` are no-ops, ``device_count`` -> 1,
    streams are inert stand-ins.
 2. ``megatron.core.tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` are
-   redirected to the CPU generator (they index ``torch.cuda.default_generators`` otherwise).
+   redirected to the CPU generator (they index ``torch.cuda.default_generators`` otherwise);
+   what to patch comes from :func:`megatron_ar.compat.rng.cuda_rng_state_patches`.
 3. A :class:`torch.overrides.TorchFunctionMode` (:class:`CpuDeviceMode`) rewrites
    ``device="cuda[:i]"`` keyword arguments, ``Tensor.to("cuda")`` and ``pin_memory=True`` to CPU,
    makes ``Tensor.cuda()``/``pin_memory()`` identity, and makes ``Tensor.type()`` report
@@ -161,7 +162,7 @@ def _distinct(fn, name: str):
 
 
 def _cuda_patches() -> List[Tuple[Any, str, Any]]:
-    import megatron.core.tensor_parallel.random as mrandom
+    from megatron_ar.compat.rng import cuda_rng_state_patches
 
     cuda = torch.cuda
     funcs = {
@@ -184,11 +185,7 @@ def _cuda_patches() -> List[Tuple[Any, str, Any]]:
     }
     patches = [(cuda, name, _distinct(fn, name)) for name, fn in funcs.items()]
     patches.append((cuda, "Stream", _InertStream))
-    patches.append((mrandom, "_get_cuda_rng_state",
-                    _distinct(lambda *a, **k: torch.default_generator.get_state(),
-                              "_get_cuda_rng_state")))
-    patches.append((mrandom, "_set_cuda_rng_state",
-                    _distinct(_cpu_set_rng_state, "_set_cuda_rng_state")))
+    patches += [(owner, name, _distinct(fn, name)) for owner, name, fn in cuda_rng_state_patches()]
     return patches
 
 

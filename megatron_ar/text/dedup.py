@@ -61,10 +61,10 @@ from megatron_ar.data.records import (
     run_shards,
 )
 
-try:  # the compiled extension; the numpy fallback below mirrors it bit for bit
-    from megatron_ar._ext import dedup as _ext
-except ImportError:  # pragma: no cover - exercised by forcing backend="python" in tests
-    _ext = None
+from megatron_ar import _ext as _extensions
+
+# The compiled extension (None when not built); the numpy fallback below mirrors it bit for bit.
+_ext = _extensions.load("dedup")
 
 MODES = ("exact", "minhash", "url", "all")
 _M64 = (1 << 64) - 1
@@ -117,6 +117,8 @@ class DedupConfig:
         return ("exact", "url", "minhash") if self.mode == "all" else (self.mode,)
 
     def use_cpp(self) -> bool:
+        if _ext is None and self.backend == "auto":
+            _extensions.warn_fallback("dedup", "deduplication runs the numpy fallback, about 100x slower")
         return _ext is not None and self.backend != "python"
 
 

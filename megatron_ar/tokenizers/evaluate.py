@@ -280,7 +280,10 @@ def format_table(summary: dict) -> str:
 
 
 def plot_summary(summary: dict, out_png: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("plotting (--plot) needs matplotlib: pip install 'megatron_ar[plots]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

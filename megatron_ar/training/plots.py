@@ -62,7 +62,10 @@ def _save(fig, path: str) -> str:
 
 def plot_run(run_dir: str, out_dir: str = None) -> List[str]:
     """Write the PNGs; returns their paths."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("plot_run needs matplotlib: pip install 'megatron_ar[plots]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -5,23 +5,22 @@ code corpus, a MorphBPE tokenizer, ``.bin/.idx`` datasets and the Arabic cloze t
 
     python tools/build_quickstart_data.py --out .cache/quickstart [--json]
 """
-import argparse
-import json
 import os
 import sys
 
 from megatron_ar.training.quickstart import build_quickstart_data
 from megatron_ar.training.tasks import build_arabic_cloze
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--out", default=".cache/quickstart")
     ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--n-ar", type=int, default=1500, help="Arabic training documents")
     ap.add_argument("--n-en", type=int, default=1500, help="English training documents")
     ap.add_argument("--n-code", type=int, default=40, help="Python source files")
-    ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = ap.parse_args(argv)
     print(f"building corpus, tokenizer and datasets under {args.out} ...", flush=True)
     out = build_quickstart_data(args.out, args.vocab_size, n_ar=args.n_ar, n_en=args.n_en,
@@ -33,7 +32,7 @@ def main(argv=None) -> int:
     for k, v in out.items():
         print(f"  {k}: {v}")
     if args.json:
-        print(json.dumps(out))
+        emit_json(out)
     return 0
 
 

@@ -9,8 +9,6 @@ data fingerprint also samples the .bin files and is reported as unavailable wher
 With batch-size ramp-up (the recipe's schedule.rampup_batch_size or the flag) steps per phase
 are counted with megatron-core's ramp-up calculator (megatron_ar.training.rampup).
 """
-import argparse
-import json
 import sys
 
 from megatron_ar.data.curriculum_config import CurriculumConfigError, load_curriculum_config
@@ -20,12 +18,13 @@ from megatron_ar.data.curriculum_plan import (
     fingerprint_of,
     plan_curriculum,
 )
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main(errors=(CurriculumDataError,))
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, full_doc=True)
     ap.add_argument("recipe", help="YAML recipe with a 'data' section")
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
     ap.add_argument("--global-batch-size", type=int, default=None, help="override the recipe's")
     ap.add_argument("--seq-length", type=int, default=None, help="override the recipe's")
     ap.add_argument("--rampup-batch-size", type=int, nargs=3, default=None,
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
         summary["fingerprint"] = fingerprint
         if ramp is not None:
             summary["rampup"] = ramp
-        print(json.dumps(summary, default=str))
+        emit_json(summary)
     else:
         print(plan.format_text())
         if ramp is not None:

@@ -125,7 +125,11 @@ setup(
     name="megatron_ar",
     version="0.1.0",
     description="Megatron-Core based training framework for Arabic-centric LLMs",
-    packages=find_packages(include=["megatron_ar", "megatron_ar.*"]),
+    # The CLI scripts under tools/ are also the package ``megatron_ar_tools``, so that scripts in
+    # tools/ and tools/checkpoint/ share tools/_cli.py without editing sys.path.
+    packages=find_packages(include=["megatron_ar", "megatron_ar.*"])
+    + ["megatron_ar_tools", "megatron_ar_tools.checkpoint"],
+    package_dir={"megatron_ar_tools": "tools"},
     package_data={"megatron_ar._ext": [REPORT]},
     python_requires=">=3.10",
     install_requires=[

@@ -5,7 +5,8 @@
 
 1. Writes a synthetic Llama checkpoint (default 1.12B parameters: 22 layers, hidden 2048, GQA
    16/4 heads, SwiGLU 5632, vocab 32000 untied) to disk, streaming tensor by tensor
-   (``StreamingSafetensorsWriter``, 2 GB shards + index), so generation itself stays small.
+   (``megatron_ar.io.safetensors.ShardedSafetensorsWriter``, 2 GB shards + index), so
+   generation itself stays small.
 2. Runs ``tools/checkpoint/convert.py`` HF -> Megatron (TP=2 layout) and Megatron -> HF, each in a
    fresh process; each reports ``ru_maxrss`` (peak RSS over the whole process) and its RSS just
    before the first tensor is streamed (torch/megatron-core/transformers imports, meta model,
@@ -37,7 +38,7 @@ def make_synthetic_hf(directory: str, hidden: int, layers: int, heads: int, kv_h
     """Write a random LlamaForCausalLM checkpoint tensor by tensor; returns its tensor bytes."""
     from transformers import LlamaConfig
 
-    from megatron_ar.checkpoint.hf_io import StreamingSafetensorsWriter
+    from megatron_ar.io.safetensors import ShardedSafetensorsWriter
     from megatron_ar.checkpoint.mapping import expected_hf_shapes, weight_table
     from megatron_ar.models.hf import expected_shape, from_hf_config
 
@@ -51,7 +52,7 @@ def make_synthetic_hf(directory: str, hidden: int, layers: int, heads: int, kv_h
         for name, shape in expected_hf_shapes(e, expected_shape(cfg, e.megatron), cfg).items():
             plan.append((name, shape, dtype))
     os.makedirs(directory, exist_ok=True)
-    writer = StreamingSafetensorsWriter(directory, plan, max_shard_bytes=2 * 1024 ** 3)
+    writer = ShardedSafetensorsWriter(directory, plan, max_shard_bytes=2 * 1024 ** 3)
     gen = torch.Generator().manual_seed(0)
     for name, shape, _ in plan:
         t = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype)
@@ -72,9 +73,9 @@ def run_convert(args) -> dict:
 
 
 def same_tensors(a_dir: str, b_dir: str) -> int:
-    from megatron_ar.checkpoint.hf_io import HFCheckpointReader
+    from megatron_ar.io.safetensors import SafetensorsReader
 
-    a, b = HFCheckpointReader(a_dir), HFCheckpointReader(b_dir)
+    a, b = SafetensorsReader(a_dir), SafetensorsReader(b_dir)
     if sorted(a.keys()) != sorted(b.keys()):
         raise AssertionError("tensor names differ after the round trip")
     for name in a.keys():

@@ -22,14 +22,11 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+import _material
 
 
 def corpus(limit, copies, seed=0):
-    import material
-
-    recs = material.bukhari_records()
+    recs = _material.bukhari_records()
     texts = [r["arabic"] for r in recs] + [r["english"]["text"] for r in recs]
     texts = [t for t in texts if t.strip()][: limit or None]
     rng = random.Random(seed)

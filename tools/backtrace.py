@@ -5,15 +5,15 @@ ranges and decoded text (``megatron_ar.training.backtrace.backtrace_step``).
     python tools/backtrace.py --run-dir runs/star --step 1234 [--rank 0] [--json]
     python tools/backtrace.py --run-dir runs/star --spikes      # every step in spikes.jsonl
 """
-import argparse
-import json
 import sys
 
 from megatron_ar.training.backtrace import backtrace_step, format_backtrace, spike_steps
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--step", type=int, action="append", help="0-based step (repeatable)")
     ap.add_argument("--spikes", action="store_true", help="back-trace every step in spikes.jsonl")
@@ -22,7 +22,6 @@ def main(argv=None) -> int:
                     help="data-parallel size of the run, for steps without a batches.jsonl record")
     ap.add_argument("--no-text", action="store_true", help="do not decode text")
     ap.add_argument("--max-chars", type=int, default=300, help="text shown per sample")
-    ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = ap.parse_args(argv)
     steps = list(args.step or [])
     if args.spikes:
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     ok = all(all(v) for r in results for v in r["verified"].values())
     summary = {"steps": steps, "samples": sum(len(r["samples"]) for r in results), "verified": ok}
     if args.json:
-        print(json.dumps({**summary, "results": results}, ensure_ascii=False))
+        emit_json({**summary, "results": results})
     else:
         print(f"summary: {summary}")
     return 0 if ok else 1

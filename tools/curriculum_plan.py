@@ -10,17 +10,15 @@ The recipe is read by the trainer's own loader and planned by its run plan
 (megatron_ar.training.plan.build_run_plan), so the steps shown are the steps the trainer takes,
 ramp-up included (megatron-core's batch calculator).
 """
-import argparse
-import json
-import sys
-
+from megatron_ar.data.curriculum_plan import CurriculumDataError
 from megatron_ar.training.plan import curriculum_report
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main(errors=(CurriculumDataError,))
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, full_doc=True)
     ap.add_argument("recipe", help="YAML recipe with a 'data' section")
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
     ap.add_argument("--global-batch-size", type=int, default=None, help="override the recipe's")
     ap.add_argument("--seq-length", type=int, default=None, help="override the recipe's")
     ap.add_argument("--rampup-batch-size", type=int, nargs=3, default=None,
@@ -37,20 +35,13 @@ def main(argv=None) -> int:
             overrides += [flag, str(value)]
     if args.rampup_batch_size is not None:
         overrides += ["--rampup-batch-size", *map(str, args.rampup_batch_size)]
-    from megatron_ar.data.curriculum_plan import CurriculumDataError
-    from megatron_ar.training.config import ConfigError
-
-    try:
-        report = curriculum_report(args.recipe, overrides, args.world_size)
-    except (ConfigError, CurriculumDataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = curriculum_report(args.recipe, overrides, args.world_size)
     if args.json:
-        print(json.dumps(report["summary"], default=str))
+        emit_json(report["summary"])
     else:
         print(report["text"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -4,24 +4,18 @@ datasets (one or many prefixes). Thin CLI over megatron_ar.data.indexed.datasets
 
 Example: python tools/dataset_info.py data/ar_text_document data/en_text_document --json
 """
-import argparse
 import sys
 
 from megatron_ar.data.indexed import datasets_info
-from megatron_ar.data.records import Summary
+from megatron_ar_tools._cli import cli_main, emit_summary, parser
 
 
+@cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("prefixes", nargs="+", help="dataset prefixes (with or without .bin/.idx)")
-    p.add_argument("--json", action="store_true", help="summary as one JSON line, last on stdout")
     a = p.parse_args(argv)
-    try:
-        info = datasets_info(a.prefixes)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    info = datasets_info(a.prefixes)
     if not a.json:
         for d in info["datasets"]:
             print(f"{d['prefix']}: {d['documents']:,} documents, {d['tokens']:,} tokens "
@@ -30,8 +24,10 @@ def main(argv=None):
             for h in d["histogram"]:
                 bar = "#" * max(1, round(40 * h["documents"] / peak))
                 print(f"  {h['range']:>15} tokens  {h['documents']:>10,}  {bar}")
-    Summary("dataset_info", info).emit(a.json) if a.json else Summary(
-        "dataset_info (total)", info["total"]).emit(False)
+    if a.json:
+        emit_summary("dataset_info", info, True)
+    else:
+        emit_summary("dataset_info (total)", info["total"], False)
     return 0
 
 

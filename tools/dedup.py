@@ -6,15 +6,17 @@ Example:
   python tools/dedup.py --input a/*.jsonl.gz b.jsonl --output kept.jsonl \
       --clusters clusters.jsonl --mode all --json
 """
-import argparse
 import os
 import sys
 
-from megatron_ar.text.dedup import DedupConfig, dedup_files, print_summary
+from megatron_ar.text.dedup import DedupConfig, dedup_files
+from megatron_ar_tools._cli import (add_on_error, add_progress, add_resume, add_workers, cli_main,
+                                    emit_summary, parser)
 
 
+@cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("--input", nargs="+", required=True, metavar="GLOB",
                    help="JSONL inputs (plain/.gz/.zst, globs); several inputs are deduplicated "
                         "together and earlier inputs win")
@@ -33,27 +35,22 @@ def main(argv=None):
     p.add_argument("--text-key", default="text")
     p.add_argument("--id-key", default="id")
     p.add_argument("--url-key", default="url", help="URL key in metadata (or top level)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="processes over input files x C++ threads (default: all cores)")
+    add_workers(p, default=os.cpu_count() or 1,
+                help="processes over input files x C++ threads")
     p.add_argument("--work-dir", default=None,
                    help="per-input key files (8 bytes x (bands+2) per record), kept after the run so "
                         "a rerun skips hashing (default: OUTPUT.work)")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="summary as one JSON line, last on stdout")
+    add_on_error(p)
+    add_resume(p)
+    add_progress(p)
     a = p.parse_args(argv)
     cfg = DedupConfig(mode=a.mode, ngram=a.ngram, bands=a.bands, rows=a.rows, shingle=a.shingle,
                       seed=a.seed, normalize=not a.no_normalize, text_key=a.text_key,
                       id_key=a.id_key, url_key=a.url_key)
-    try:
-        summary = dedup_files(a.input, a.output, a.clusters, cfg, workers=a.workers,
-                              on_error=a.on_error, work_dir=a.work_dir, resume=not a.no_resume,
-                              progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:  # RecordError is a ValueError: file:line: ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_summary(summary, a.json)
+    summary = dedup_files(a.input, a.output, a.clusters, cfg, workers=a.workers,
+                          on_error=a.on_error, work_dir=a.work_dir, resume=not a.no_resume,
+                          progress=not a.no_progress)
+    emit_summary("dedup", summary, a.json)
     return 0
 
 

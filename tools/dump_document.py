@@ -5,16 +5,15 @@ of preprocess_data.py, the detokenized text. Thin CLI over megatron_ar.data.inde
 Example: python tools/dump_document.py data/ar_text_document 12 \
              --tokenizer-type HuggingFaceTokenizer --tokenizer-model tok/
 """
-import argparse
-import json
 import sys
 
 from megatron_ar.data.indexed import dump_document, tokenizer_from_flags
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main(errors=(IndexError,))
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("prefix", help="dataset prefix (with or without .bin/.idx)")
     p.add_argument("index", type=int, help="document index (negative counts from the end)")
     p.add_argument("--tokenizer-type", default=None)
@@ -23,17 +22,12 @@ def main(argv=None):
     p.add_argument("--merge-file", default=None)
     p.add_argument("--keep-special", action="store_true", help="keep special tokens (EOD...)")
     p.add_argument("--ids", action="store_true", help="also print the token ids")
-    p.add_argument("--json", action="store_true", help="one JSON object on the last stdout line")
     a = p.parse_args(argv)
-    try:
-        tok = (tokenizer_from_flags(a.tokenizer_type, a.tokenizer_model, a.vocab_file,
-                                    a.merge_file) if a.tokenizer_type else None)
-        d = dump_document(a.prefix, a.index, tok, keep_special=a.keep_special)
-    except (ValueError, FileNotFoundError, IndexError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    tok = (tokenizer_from_flags(a.tokenizer_type, a.tokenizer_model, a.vocab_file,
+                                a.merge_file) if a.tokenizer_type else None)
+    d = dump_document(a.prefix, a.index, tok, keep_special=a.keep_special)
     if a.json:
-        print(json.dumps(d, ensure_ascii=False))
+        emit_json(d)
         return 0
     print(f"# {d['prefix']} document {d['document']}: {d['tokens']} tokens", file=sys.stderr)
     if "text" in d:

@@ -6,26 +6,25 @@ the distributed optimizer), activations with/without sequence parallelism and re
     python tools/estimate_memory.py --config examples/recipes/fanar_star_7b.yaml --world-size 168 \
         [--tensor-model-parallel-size 4 --recompute-granularity full ...] [--json]
 """
-import argparse
-import json
 import sys
 
 from megatron_ar.training.config import load_config
 from megatron_ar.training.memory import estimate_for_recipe
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--config", required=True)
     ap.add_argument("--world-size", type=int, required=True, help="number of GPUs")
-    ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args, overrides = ap.parse_known_args(argv)
     cfg = load_config(args.config, overrides)
     est = estimate_for_recipe(cfg, args.world_size).to_dict()
     for k, v in est.items():
         print(f"{k:>16}: {v:,.2f}" if isinstance(v, float) else f"{k:>16}: {v:,}" if isinstance(v, int) else f"{k:>16}: {v}")
     if args.json:
-        print(json.dumps(est))
+        emit_json(est)
     return 0
 
 

@@ -8,16 +8,17 @@ Reports how many records each rule removed (first failing rule, so the counts ad
 many failed each rule on its own. Records without ``quality_signals`` get them computed.
 Library: megatron_ar.text.filters.filter_files.
 """
-import argparse
 import sys
 
-from megatron_ar.data.records import Summary, add_common_args, cli_errors, expand_inputs
+from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.filters import FilterConfig, filter_files, load_rules
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
 
 
+@cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(p)
+    p = parser(__doc__)
+    add_shard_args(p)
     p.add_argument("--rules", required=True, help="YAML rules file (see examples/data/filter_rules_ar.yaml)")
     p.add_argument("--min-arabic-fraction", type=float, default=None,
                    help="override/add the min_arabic_fraction rule of the rules file")
@@ -38,8 +39,8 @@ def main(argv=None):
                        compute_missing=not a.no_compute_missing, write_removed=a.write_removed)
     summary = filter_files(expand_inputs(a.input), a.output_dir, cfg, workers=a.workers,
                            on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress)
-    Summary("filter", summary).emit(a.json)
+    emit_summary("filter", summary, a.json)
 
 
 if __name__ == "__main__":
-    sys.exit(cli_errors(main))
+    sys.exit(main())

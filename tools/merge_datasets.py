@@ -5,36 +5,29 @@ Thin CLI over megatron_ar.data.indexed.merge_datasets.
 Example: python tools/merge_datasets.py --input a_text_document b_text_document \
              --output-prefix ab_text_document --json
 """
-import argparse
 import glob
 import sys
 
 from megatron_ar.data.indexed import merge_datasets
-from megatron_ar.data.records import Summary
+from megatron_ar_tools._cli import cli_main, emit_summary, fail, parser
 
 
+@cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("--input", nargs="+", required=True,
                    help="dataset prefixes, or globs over .idx files (sorted), merged in order")
     p.add_argument("--output-prefix", required=True)
-    p.add_argument("--json", action="store_true", help="summary as one JSON line, last on stdout")
     a = p.parse_args(argv)
     prefixes = []
     for x in a.input:
         hits = sorted(glob.glob(x)) if glob.has_magic(x) else [x]
         if not hits:
-            print(f"error: {x!r} matched nothing", file=sys.stderr)
-            return 2
+            return fail(f"{x!r} matched nothing")
         prefixes.extend(h for h in hits if not h.endswith(".bin"))
-    try:
-        info = merge_datasets(prefixes, a.output_prefix)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    info = merge_datasets(prefixes, a.output_prefix)
     info.pop("histogram", None)
-    Summary("merge_datasets", info).emit(a.json)
+    emit_summary("merge_datasets", info, a.json)
     return 0
 
 

@@ -8,19 +8,15 @@ Example (Fanar: 32K en/code + 45K ar -> 76,800):
       --corpus en_sample.jsonl code_sample.txt --corpus ar_sample.txt \\
       --target-vocab-size 76800 --output out/merged --json
 """
-import argparse
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ar.tokenizers.io import TextInputError  # noqa: E402
-from megatron_ar.tokenizers.merge import MergeConfig, merge_tokenizers  # noqa: E402
+from megatron_ar.tokenizers.merge import MergeConfig, merge_tokenizers
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("--tokenizer", action="append", required=True, help="source tokenizer dir (repeat)")
     p.add_argument("--corpus", action="append", nargs="+", default=None,
                    help="files scoring the merges of the tokenizer at the same position (repeat "
@@ -29,17 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--target-vocab-size", type=int, required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--max-docs", type=int, default=20000, help="documents read per corpus")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    try:
-        summary = merge_tokenizers(MergeConfig(
-            tokenizers=a.tokenizer, output=a.output, target_vocab_size=a.target_vocab_size,
-            corpora=a.corpus, weights=a.weights, max_docs=a.max_docs))
-    except (ValueError, FileNotFoundError, TextInputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = merge_tokenizers(MergeConfig(
+        tokenizers=a.tokenizer, output=a.output, target_vocab_size=a.target_vocab_size,
+        corpora=a.corpus, weights=a.weights, max_docs=a.max_docs))
     if a.json:
-        print(json.dumps(summary, ensure_ascii=False))
+        emit_json(summary)
     else:
         for k, v in summary.items():
             print(f"{k:>16}: {v}")

@@ -11,14 +11,16 @@ import argparse
 import dataclasses
 import sys
 
-from megatron_ar.data.records import Summary, add_common_args, cli_errors, expand_inputs
+from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.annotate import normalize_files
 from megatron_ar.text.normalize import ArabicNormalizeConfig
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
 
 
+@cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(p)
+    p = parser(__doc__)
+    add_shard_args(p)
     p.add_argument("--web", action="store_true", help="also strip HTML and normalize whitespace")
     for f in dataclasses.fields(ArabicNormalizeConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -36,8 +38,8 @@ def main(argv=None):
     summary = normalize_files(expand_inputs(a.input), a.output_dir, config=cfg, text_key=a.text_key,
                               drop_empty=not a.keep_empty, workers=a.workers, on_error=a.on_error,
                               resume=not a.no_resume, progress=not a.no_progress)
-    Summary("normalize", summary).emit(a.json)
+    emit_summary("normalize", summary, a.json)
 
 
 if __name__ == "__main__":
-    sys.exit(cli_errors(main))
+    sys.exit(main())

@@ -10,17 +10,16 @@ Example:
       --tokenizer-type HuggingFaceTokenizer --tokenizer-model path/to/tokenizer \
       --append-eod --workers 16 --json
 """
-import argparse
 import os
 import sys
 
 from megatron_ar.data.preprocess import PreprocessConfig, preprocess
-from megatron_ar.data.records import Summary
+from megatron_ar_tools._cli import (add_on_error, add_progress, add_resume, add_workers, cli_main,
+                                    emit_summary, parser)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     g = p.add_argument_group("input data")
     g.add_argument("--input", nargs="+", required=True, metavar="GLOB",
                    help="JSONL file(s) or globs (plain/.gz/.zst), taken in sorted order")
@@ -53,8 +52,8 @@ def build_parser():
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="path of the outputs without suffix")
     g = p.add_argument_group("runtime")
-    g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="cores to use: processes over input files x tokenizer threads")
+    add_workers(g, default=os.cpu_count() or 1,
+                help="cores to use: processes over input files x tokenizer threads")
     g.add_argument("--partitions", type=int, default=1,
                    help="Megatron-LM partitions: only the output document order depends on it "
                         "(round-robin over input lines)")
@@ -65,35 +64,30 @@ def build_parser():
     g.add_argument("--batch-size", type=int, default=512, help="documents per encode batch")
     g.add_argument("--no-fast", action="store_true",
                    help="encode text by text through megatron-core's tokenize (slow path)")
-    g.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                   help="malformed lines: stop with file:line, or count and skip them")
-    g.add_argument("--no-resume", action="store_true", help="redo finished input shards")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--json", action="store_true", help="summary as one JSON line, last on stdout")
+    add_on_error(g)
+    add_resume(g)
+    add_progress(g)
     return p
 
 
+@cli_main
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    try:
-        cfg = PreprocessConfig(
-            input=a.input, output_prefix=a.output_prefix, tokenizer_type=a.tokenizer_type,
-            tokenizer_model=a.tokenizer_model, vocab_file=a.vocab_file, merge_file=a.merge_file,
-            json_keys=a.json_keys, append_eod=a.append_eod, split_sentences=a.split_sentences,
-            keep_newlines=a.keep_newlines, lang=a.lang, workers=a.workers,
-            partitions=a.partitions, keep_sequential_samples=a.keep_sequential_samples,
-            log_interval=a.log_interval, normalize_arabic=a.normalize_arabic,
-            on_error=a.on_error, batch_size=a.batch_size,
-            tokenizer_special_tokens=a.tokenizer_special_tokens,
-            tokenizer_hf_include_special_tokens=a.tokenizer_hf_include_special_tokens,
-            tokenizer_hf_use_fast=a.tokenizer_hf_use_fast,
-            tokenizer_sentencepiece_legacy=a.tokenizer_sentencepiece_legacy,
-            trust_remote_code=a.trust_remote_code, fast=not a.no_fast)
-        summary = preprocess(cfg, resume=not a.no_resume, progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:  # RecordError is a ValueError: "file:line: ..."
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    Summary("preprocess_data", summary).emit(a.json)
+    cfg = PreprocessConfig(
+        input=a.input, output_prefix=a.output_prefix, tokenizer_type=a.tokenizer_type,
+        tokenizer_model=a.tokenizer_model, vocab_file=a.vocab_file, merge_file=a.merge_file,
+        json_keys=a.json_keys, append_eod=a.append_eod, split_sentences=a.split_sentences,
+        keep_newlines=a.keep_newlines, lang=a.lang, workers=a.workers,
+        partitions=a.partitions, keep_sequential_samples=a.keep_sequential_samples,
+        log_interval=a.log_interval, normalize_arabic=a.normalize_arabic,
+        on_error=a.on_error, batch_size=a.batch_size,
+        tokenizer_special_tokens=a.tokenizer_special_tokens,
+        tokenizer_hf_include_special_tokens=a.tokenizer_hf_include_special_tokens,
+        tokenizer_hf_use_fast=a.tokenizer_hf_use_fast,
+        tokenizer_sentencepiece_legacy=a.tokenizer_sentencepiece_legacy,
+        trust_remote_code=a.trust_remote_code, fast=not a.no_fast)
+    summary = preprocess(cfg, resume=not a.no_resume, progress=not a.no_progress)
+    emit_summary("preprocess_data", summary, a.json)
     return 0
 
 

@@ -13,14 +13,10 @@ id_map[old_id] = new_id or -1), prune_summary.json and, with --checkpoint, confi
 pruned safetensors (a complete HF model dir). Exit status 1 if the corpus does not re-encode to
 map(old ids) although every used token fit (a bug to report), 2 on bad input.
 """
-import argparse
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ar.tokenizers.prune import PruneConfig, prune_vocab  # noqa: E402
+from megatron_ar.tokenizers.prune import PruneConfig, prune_vocab
+from megatron_ar_tools._cli import EXIT_DIFFERENCE, cli_main, emit_json, parser
 
 
 def _table(res) -> str:
@@ -53,9 +49,9 @@ def _table(res) -> str:
     return "\n".join(f"{k:>{w}}: {v}" for k, v in rows)
 
 
+@cli_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("--tokenizer", required=True, help="dir with tokenizer.json (or its path)")
     p.add_argument("--corpus", nargs="+", required=True,
                    help="plain text (one document per line) or JSONL ('text' key) files")
@@ -66,20 +62,15 @@ def main(argv=None) -> int:
     p.add_argument("--text-key", default="text")
     p.add_argument("--batch-docs", type=int, default=512)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
     a = p.parse_args(argv)
-    try:
-        res = prune_vocab(PruneConfig(
-            tokenizer=a.tokenizer, corpus=a.corpus, output=a.output,
-            target_vocab_size=a.target_vocab_size, checkpoint=a.checkpoint, heldout=a.heldout,
-            text_key=a.text_key, batch_docs=a.batch_docs, overwrite=a.overwrite, progress=True))
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = prune_vocab(PruneConfig(
+        tokenizer=a.tokenizer, corpus=a.corpus, output=a.output,
+        target_vocab_size=a.target_vocab_size, checkpoint=a.checkpoint, heldout=a.heldout,
+        text_key=a.text_key, batch_docs=a.batch_docs, overwrite=a.overwrite, progress=True))
     print(_table(res))
     if a.json:
-        print(json.dumps(res.to_json(), ensure_ascii=False))
-    return 0 if res.corpus_lossless or res.dropped_used_tokens else 1
+        emit_json(res.to_json())
+    return 0 if res.corpus_lossless or res.dropped_used_tokens else EXIT_DIFFERENCE
 
 
 if __name__ == "__main__":

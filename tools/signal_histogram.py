@@ -7,12 +7,13 @@ N sampled records per bucket, for choosing filter cut-offs by reading documents 
 Writes OUTPUT_DIR/histogram.json (per signal: min, max, edges, counts) and OUTPUT_DIR/samples.jsonl
 (signal, bucket, value, id, source file:line, text). Library: megatron_ar.text.histogram.
 """
-import argparse
+import json
 import sys
 
-from megatron_ar.data.records import Summary, add_common_args, cli_errors, expand_inputs
+from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.histogram import HistogramConfig, signal_histograms
 from megatron_ar.text.signals import SIGNAL_NAMES
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
 
 
 def _bar(counts):
@@ -21,9 +22,10 @@ def _bar(counts):
     return "".join(blocks[round(c / m * 8)] for c in counts)
 
 
+@cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(p)
+    p = parser(__doc__)
+    add_shard_args(p)
     p.add_argument("--samples", type=int, default=5, help="records sampled per (signal, bucket)")
     p.add_argument("--signals", nargs="+", default=list(SIGNAL_NAMES), help="signals (default: all)")
     p.add_argument("--max-chars", type=int, default=2000, help="sampled text is cut to this length")
@@ -37,14 +39,12 @@ def main(argv=None):
                                 on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress)
     if not a.json:
         print("signal                               min        max        buckets 0..9")
-        import json
-
         with open(summary["histogram"], encoding="utf-8") as f:
             hist = json.load(f)["signals"]
         for s, h in hist.items():
             print(f"{s:34s} {h['min']:10.4g} {h['max']:10.4g}  {_bar(h['counts'])}  {h['counts']}")
-    Summary("signal histogram", summary).emit(a.json)
+    emit_summary("signal histogram", summary, a.json)
 
 
 if __name__ == "__main__":
-    sys.exit(cli_errors(main))
+    sys.exit(main())

@@ -5,20 +5,17 @@ Example:
   python tools/train_tokenizer.py --input ar=hadith.txt en=docs.jsonl --algorithm morph-bpe \\
       --vocab-size 76800 --output out/tok --sample ar=0.35 en=0.30 code=0.15 math=0.15 classical=0.05 --json
 """
-import argparse
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_ar.tokenizers.morphbpe import (  # noqa: E402
+from megatron_ar.tokenizers.morphbpe import (
     DEFAULT_SPECIAL_TOKENS, TrainConfig, parse_sample_specs, train_tokenizer,
 )
+from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
+@cli_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, full_doc=True)
     p.add_argument("--input", nargs="+", required=True,
                    help="plain-text (one document per line) or JSONL ('text' key) files; "
                         "CATEGORY=PATH sets the category")
@@ -33,21 +30,16 @@ def main(argv=None) -> int:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-key", default="text")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
     a = p.parse_args(argv)
-    try:
-        cfg = TrainConfig(
-            inputs=a.input, output=a.output, algorithm=a.algorithm, vocab_size=a.vocab_size,
-            segmenter=a.segmenter, special_tokens=tuple(a.special_tokens), reserved=a.reserved,
-            sample=parse_sample_specs(a.sample), min_frequency=a.min_frequency,
-            max_chars=a.max_chars, seed=a.seed, text_key=a.text_key, show_progress=True,
-        )
-        summary = train_tokenizer(cfg)
-    except (ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = TrainConfig(
+        inputs=a.input, output=a.output, algorithm=a.algorithm, vocab_size=a.vocab_size,
+        segmenter=a.segmenter, special_tokens=tuple(a.special_tokens), reserved=a.reserved,
+        sample=parse_sample_specs(a.sample), min_frequency=a.min_frequency,
+        max_chars=a.max_chars, seed=a.seed, text_key=a.text_key, show_progress=True,
+    )
+    summary = train_tokenizer(cfg)
     if a.json:
-        print(json.dumps(summary, ensure_ascii=False))
+        emit_json(summary)
     else:
         for k, v in summary.items():
             print(f"{k:>26}: {v}")

@@ -11,9 +11,11 @@ Design choices
   HF itself uses for Gemma-2 soft-capping), run on one rank only (the first rank of the last
   pipeline stage, which holds the gathered logits); the numbers are broadcast so every rank
   returns the same result and the CLI exits with the same status everywhere.
-- Tokens come from the checkpoint's own tokenizer over a text file: the first
-  ``batch_size * seq_length`` tokens of the text (fewer rows if the text is short), identical on
-  every rank because tokenisation is deterministic.
+- Tokens come from the checkpoint's own tokenizer over a text file
+  (:func:`megatron_ar.tokenizers.io.tokens_from_text`, called by the CLI: tokenisation is a
+  higher layer than checkpoints): the first ``batch_size * seq_length`` tokens of the text
+  (fewer rows if the text is short), identical on every rank because tokenisation is
+  deterministic.
 - Reported: max |logit difference| over all positions and real-vocab entries (the tolerance
   applies to it), mean |difference|, and top-1 agreement (fraction of positions whose argmax
   token is the same).
@@ -38,23 +40,6 @@ def find_tokenizer_dir(*candidates: Optional[str]) -> str:
             return d
     raise CheckpointError(f"no tokenizer files in any of {[c for c in candidates if c]}; pass "
                           f"--tokenizer-dir")
-
-
-def tokens_from_text(tokenizer_dir: str, text: str, batch_size: int, seq_length: int,
-                     vocab_size: int) -> torch.Tensor:
-    """[rows, seq_length] token ids: the first ``batch_size * seq_length`` tokens of ``text``."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = tok(text, add_special_tokens=True)["input_ids"]
-    if len(ids) < seq_length:
-        raise CheckpointError(f"text has {len(ids)} tokens, fewer than seq_length={seq_length}")
-    rows = min(batch_size, len(ids) // seq_length)
-    t = torch.tensor(ids[: rows * seq_length], dtype=torch.long).reshape(rows, seq_length)
-    if int(t.max()) >= vocab_size:
-        raise CheckpointError(f"tokenizer in {tokenizer_dir} produced id {int(t.max())} >= model "
-                              f"vocab_size {vocab_size}")
-    return t
 
 
 def _hf_model(hf_dir: str):

@@ -5,7 +5,7 @@ Design choices
   tensors are read one at a time (headers validated by ``safe_open``, bytes read straight into
   the tensor) and pulled by the dist-checkpoint writer when it reaches them;
   export reads one megatron parameter with ``dist_checkpointing.load`` and streams its HF
-  tensors into pre-planned safetensors shards (:mod:`megatron_ar.checkpoint.hf_io`,
+  tensors into pre-planned safetensors shards (:mod:`megatron_ar.io.safetensors`,
   :mod:`megatron_ar.checkpoint.megatron_io`). Measured by ``benchmarks/convert_memory.py``:
   1.12B-parameter fp32 Llama (4.49 GB), peak RSS / checkpoint bytes 0.216 (import) and 0.230
   (export), of which ~0.43 GB is the fixed cost of torch + megatron-core + transformers.
@@ -16,9 +16,9 @@ Design choices
   tensor present with the expected shape (derived from the meta model), no unused tensors, a
   single dtype. A tied checkpoint that still carries ``lm_head.weight`` is accepted only if it
   equals the embedding.
-- Output goes to ``<save_dir>.tmp-<pid>`` next to the target and is renamed on success; on any
-  error the temporary directory is removed. An existing ``save_dir`` is refused unless
-  ``overwrite=True``.
+- Output goes to a temporary directory next to the target, renamed on success and removed on
+  any error (:func:`megatron_ar.io.atomic.publish_dir`). An existing ``save_dir`` is refused
+  unless ``overwrite=True``.
 - The Megatron checkpoint keeps the HF dtype (bf16 stays bf16) so the round trip is
   bit-identical; training casts on load as it needs.
 - Tokenizer files are copied from ``tokenizer_dir`` when given (an error if it has none), else
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
@@ -37,12 +36,7 @@ import torch
 
 from megatron_ar.checkpoint import megatron_io as mio
 from megatron_ar.checkpoint.errors import CheckpointError, ConfigMismatchError
-from megatron_ar.checkpoint.hf_io import (
-    TOKENIZER_FILES,
-    HFCheckpointReader,
-    StreamingSafetensorsWriter,
-    copy_tokenizer_files,
-)
+from megatron_ar.checkpoint.hf_io import TOKENIZER_FILES, copy_tokenizer_files
 from megatron_ar.checkpoint.mapping import (
     check_model_type,
     expected_hf_shapes,
@@ -50,6 +44,8 @@ from megatron_ar.checkpoint.mapping import (
     to_megatron,
     weight_table,
 )
+from megatron_ar.io.atomic import publish_dir
+from megatron_ar.io.safetensors import SafetensorsReader, ShardedSafetensorsWriter
 from megatron_ar.models.config import ConfigError, ModelConfig
 
 LOADERS = ("hf", "megatron")
@@ -153,7 +149,7 @@ def _check_parallel(cfg: ModelConfig, tp: int, pp: int) -> None:
                                   f"num_layers={cfg.num_layers}")
 
 
-def _single_dtype(reader: HFCheckpointReader, names: List[str]) -> torch.dtype:
+def _single_dtype(reader: SafetensorsReader, names: List[str]) -> torch.dtype:
     dtypes: Dict[torch.dtype, str] = {}
     for n in names:
         dtypes.setdefault(reader.dtype(n), n)
@@ -168,7 +164,7 @@ def _hf_to_megatron(model_type, load_dir, tmp, tp, pp, progress) -> Dict[str, An
     _check_parallel(cfg, tp, pp)
     entries = weight_table(cfg)
     needed = [h for e in entries for h in e.hf]
-    with HFCheckpointReader(load_dir) as reader:
+    with SafetensorsReader(load_dir, error=CheckpointError) as reader:
         present = set(reader.keys())
         missing = [n for n in needed if n not in present]
         if missing:
@@ -254,7 +250,8 @@ def _megatron_to_hf(model_type, load_dir, tmp, progress, max_shard_bytes) -> Dic
         for e in entries:
             for name, shape in expected_hf_shapes(e, layout.params[e.megatron][0], cfg).items():
                 plan.append((name, shape, layout.dtype))
-        writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes)
+        writer = ShardedSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes,
+                                          error=CheckpointError)
         bar = _Progress(len(entries), "megatron->hf", progress)
         rss0 = _rss_bytes()
         try:
@@ -299,12 +296,8 @@ def convert(model_type: str, loader: str, saver: str, load_dir: str, save_dir: s
                               "--overwrite to replace it)")
     if os.path.abspath(load_dir) == save_dir:
         raise CheckpointError("load and save directories are the same")
-    os.makedirs(os.path.dirname(save_dir) or ".", exist_ok=True)
-    tmp = f"{save_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     start = time.time()
-    try:
+    with publish_dir(save_dir, exist="replace" if overwrite else "error") as tmp:
         if loader == "hf":
             facts = _hf_to_megatron(model_type, load_dir, tmp, target_tensor_parallel_size,
                                     target_pipeline_parallel_size, progress)
@@ -321,16 +314,6 @@ def convert(model_type: str, loader: str, saver: str, load_dir: str, save_dir: s
             copied = copy_tokenizer_files(tok_src, tok_dst)
         else:
             copied = []
-        if os.path.exists(save_dir):  # overwrite=True: swap in, then drop the old one
-            old = f"{save_dir}.old-{os.getpid()}"
-            os.rename(save_dir, old)
-            os.rename(tmp, save_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, save_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     cfg: ModelConfig = facts["cfg"]
     return ConversionResult(
         direction=f"{loader}->{saver}", model_type=model_type,

@@ -10,8 +10,9 @@ Design choices
   checkpoints: Megatron's vocab padding and error messages that name the HF file.
 - What the table does not hold is derived, never written twice: megatron shapes and dtypes, the
   dist-checkpoint keys and the TP split axis come from the model built on the meta device
-  (:mod:`megatron_ar.checkpoint.megatron_io`); the HF shapes a checkpoint must have are obtained
-  by running :func:`to_hf` on meta tensors of those shapes (:func:`expected_hf_shapes`).
+  (:mod:`megatron_ar.checkpoint.megatron_io`, :func:`megatron_ar.models.tp.tp_split_axes`);
+  the HF shapes a checkpoint must have are obtained by running :func:`to_hf` on meta tensors
+  of those shapes (:func:`expected_hf_shapes`).
 - Vocab rows (embedding, untied output layer) are zero-padded to Megatron's padded vocab on
   import and stripped on export. Zero rows give padded logits of exactly 0 (and Gemma-2's tanh
   soft-cap keeps 0 at 0), never a real token's value; training then learns them down, as with
@@ -27,9 +28,7 @@ from megatron_ar.checkpoint.errors import CheckpointError, UnknownModelTypeError
 from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.hf import HF_ARCHITECTURES, WeightEntry, entry_to_hf, entry_to_megatron
 from megatron_ar.models.hf import weight_table as _weight_table
-
-#: Parameters whose rows are the vocabulary (Megatron pads them).
-VOCAB_PARAMS = ("embedding.word_embeddings.weight", "output_layer.weight")
+from megatron_ar.models.tp import VOCAB_PARAMS
 
 
 def check_model_type(model_type: str) -> None:

@@ -53,6 +53,7 @@ import torch
 
 from megatron_ar.checkpoint.errors import CheckpointError, ConfigMismatchError
 from megatron_ar.models.config import ModelConfig, padded_vocab_size
+from megatron_ar.models.tp import tp_split_axes
 
 CONFIG_NAME = "model_config.json"
 FORMAT = "megatron_ar.dist_checkpoint"
@@ -196,31 +197,6 @@ def build_meta_model(cfg: ModelConfig, padded_vocab: int, dtype: torch.dtype):
     return model
 
 
-def _tp_axes(model) -> Dict[str, Tuple[Optional[int], str]]:
-    """Parameter name -> (TP split axis or None, module kind), from the module classes."""
-    from megatron.core.tensor_parallel.layers import (
-        ColumnParallelLinear,
-        RowParallelLinear,
-        VocabParallelEmbedding,
-    )
-
-    out: Dict[str, Tuple[Optional[int], str]] = {}
-    for mname, module in model.named_modules():
-        for pname, _ in module.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
-            if isinstance(module, VocabParallelEmbedding):
-                out[full] = (0, "vocab-parallel")
-            elif isinstance(module, ColumnParallelLinear):
-                out[full] = (0, "column-parallel")
-            elif isinstance(module, RowParallelLinear):
-                out[full] = (1, "row-parallel") if pname == "weight" else (None, "replicated")
-            else:
-                out[full] = (None, "replicated")
-            if mname == "output_layer" and pname == "weight":
-                out[full] = (0, "vocab-parallel")  # a ColumnParallelLinear over the vocab
-    return out
-
-
 @dataclass
 class Piece:
     """One ShardedTensor of a parameter in the TP=1 sharded state dict (e.g. the gate half of
@@ -241,7 +217,7 @@ class MegatronLayout:
     padded_vocab: int
     dtype: torch.dtype
     params: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]  # name -> (shape, dtype)
-    tp_axis: Dict[str, Tuple[Optional[int], str]]
+    tp_axis: Dict[str, Optional[int]]  # name -> TP split dim (None: replicated)
     pieces: Dict[str, List[Piece]]
     objects: Dict[str, Any]  # non-tensor ShardedObjects (e.g. ``_extra_state``), by name
 
@@ -282,7 +258,7 @@ def make_layout(cfg: ModelConfig, padded_vocab: int, dtype: torch.dtype) -> Mega
     missing = sorted(set(params) - set(pieces))
     if missing:
         raise CheckpointError(f"model parameters absent from sharded_state_dict: {missing[:5]}")
-    return MegatronLayout(cfg, padded_vocab, dtype, params, _tp_axes(model), pieces, objects)
+    return MegatronLayout(cfg, padded_vocab, dtype, params, tp_split_axes(model), pieces, objects)
 
 
 def _view(t: torch.Tensor, piece: Piece) -> torch.Tensor:
@@ -373,7 +349,7 @@ def save_streaming(layout: MegatronLayout, directory: str,
     registry: Dict[Tuple[str, Tuple[int, ...]], Piece] = {}
     state: Dict[str, Any] = {}
     for name, pieces in layout.pieces.items():
-        axis = layout.tp_axis.get(name, (None, ""))[0]
+        axis = layout.tp_axis.get(name)
         shards = []
         for piece in pieces:
             for sh, sub in _split_for_tp(piece, axis, target_tp):

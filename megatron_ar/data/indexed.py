@@ -1,4 +1,4 @@
-"""Inspecting, merging and dumping Megatron ``.bin/.idx`` indexed datasets (issue 3, item 5).
+"""Inspecting, merging and dumping Megatron ``.bin/.idx`` indexed datasets.
 
 Library behind ``tools/dataset_info.py``, ``tools/merge_datasets.py`` and
 ``tools/dump_document.py``.
@@ -22,6 +22,8 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
+
+from megatron_ar.io.atomic import publish_files
 
 
 def normalize_prefix(path: str) -> str:
@@ -110,19 +112,11 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
         if dt != first:
             raise ValueError(f"{p}: dtype {dt.name} differs from {prefixes[0]} ({first.name}); "
                              "datasets built with different tokenizers cannot be merged")
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)) or ".", exist_ok=True)
-    tb, ti = f"{output_prefix}.bin.tmp-{os.getpid()}", f"{output_prefix}.idx.tmp-{os.getpid()}"
-    try:
+    with publish_files([output_prefix + ".bin", output_prefix + ".idx"]) as (tb, ti):
         b = IndexedDatasetBuilder(tb, dtype=first.type)
         for p in prefixes:
             b.add_index(p)
         b.finalize(ti)
-        os.replace(tb, output_prefix + ".bin")
-        os.replace(ti, output_prefix + ".idx")
-    finally:
-        for pth in (tb, ti):
-            if os.path.exists(pth):
-                os.remove(pth)
     info = dataset_info(output_prefix)
     info["inputs"] = list(prefixes)
     return info

@@ -1,5 +1,5 @@
 """JSONL -> Megatron ``.bin/.idx`` indexed datasets, the library behind
-``tools/preprocess_data.py`` (issue 3, item 5).
+``tools/preprocess_data.py``.
 
 Output contract: for the same input, tokenizer and flags the files are byte-identical to what
 Megatron-LM's ``tools/preprocess_data.py`` writes (the test runs Megatron-LM's own script when a
@@ -47,14 +47,10 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from megatron_ar.data.records import (
-    ErrorStats,
-    RecordError,
-    ShardTask,
-    expand_inputs,
-    open_binary_lines,
-    run_shards,
-)
+from megatron_ar.io.atomic import publish_files
+from megatron_ar.io.compression import open_binary
+from megatron_ar.io.records import ErrorStats, RecordError, expand_inputs, iter_records
+from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
 
 LEVELS = ("document", "sentence")
 
@@ -183,8 +179,6 @@ class BatchEncoder:
 
 def _iter_valid(task: ShardTask, keys: Sequence[str], stats: ErrorStats):
     """``iter_records`` plus Megatron-LM's per-key type rules (str or list of str)."""
-    from megatron_ar.data.records import iter_records
-
     for line_no, rec in iter_records(task.input_path, required_keys=tuple(keys),
                                      on_error=task.on_error, stats=stats, progress=task.report):
         bad = None
@@ -239,13 +233,9 @@ def _encode_shard(task: ShardTask) -> dict:
     if cfg.normalize_arabic:
         from megatron_ar.text.normalize import normalize_arabic as norm
 
-    tmp = {}
-    builders = {}
-    for p in range(nparts):
-        for k in cfg.json_keys:
-            pre = _partial_prefix(task, p, k)
-            tmp[(p, k)] = (pre + ".bin.tmp", pre + ".idx.tmp", pre)
-            builders[(p, k)] = IndexedDatasetBuilder(pre + ".bin.tmp", dtype=dtype)
+    keys = [(p, k) for p in range(nparts) for k in cfg.json_keys]
+    finals = [path for key in keys for path in
+              (_partial_prefix(task, *key) + ".bin", _partial_prefix(task, *key) + ".idx")]
     stats = ErrorStats()
     counts = {"documents": 0, "bytes": 0, "tokens": {k: 0 for k in cfg.json_keys},
               "sentences": {k: 0 for k in cfg.json_keys}}
@@ -282,34 +272,25 @@ def _encode_shard(task: ShardTask) -> dict:
         counts["documents"] += len(batch)
         batch.clear()
 
-    ok = False
-    try:
-        for line_no, rec in _iter_valid(task, cfg.json_keys, stats):
-            for k in cfg.json_keys:
-                v = rec[k]
-                counts["bytes"] += len(v.encode("utf-8")) if isinstance(v, str) else \
-                    sum(len(s.encode("utf-8")) for s in v)
-            batch.append((line_no, rec))
-            if len(batch) >= cfg.batch_size:
-                flush()
-        flush()
-        for key, b in builders.items():
-            b.finalize(tmp[key][1])
-        for key, (tb, ti, pre) in tmp.items():
-            os.replace(tb, pre + ".bin")
-            os.replace(ti, pre + ".idx")
-        ok = True
-    finally:
-        if not ok:
+    with publish_files(finals) as temps:
+        builders = {key: IndexedDatasetBuilder(temps[2 * i], dtype=dtype)
+                    for i, key in enumerate(keys)}
+        try:
+            for line_no, rec in _iter_valid(task, cfg.json_keys, stats):
+                for k in cfg.json_keys:
+                    v = rec[k]
+                    counts["bytes"] += len(v.encode("utf-8")) if isinstance(v, str) else \
+                        sum(len(s.encode("utf-8")) for s in v)
+                batch.append((line_no, rec))
+                if len(batch) >= cfg.batch_size:
+                    flush()
+            flush()
+        except BaseException:
             for b in builders.values():
-                try:
-                    b.data_file.close()
-                except Exception:  # closing is best effort on the error path
-                    pass
-            for tb, ti, _ in tmp.values():
-                for pth in (tb, ti):
-                    if os.path.exists(pth):
-                        os.remove(pth)
+                b.data_file.close()  # the temps are removed by publish_files
+            raise
+        for i, key in enumerate(keys):
+            builders[key].finalize(temps[2 * i + 1])
     counts["errors"] = stats.as_dict()
     counts["encoder"] = {enc.path: 1}
     counts["dtype"] = {np.dtype(dtype).name: 1}
@@ -322,7 +303,7 @@ def _encode_shard(task: ShardTask) -> dict:
 def count_lines(path: str) -> int:
     """Physical lines (a final line without newline counts), decompressing if needed."""
     n, last = 0, b"\n"
-    with open_binary_lines(path) as (stream, _):
+    with open_binary(path) as (stream, _):
         while True:
             block = stream.read(1 << 22)
             if not block:
@@ -353,27 +334,17 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     summary = run_shards(paths, work, _encode_shard, workers=procs, desc="preprocess",
                          resume=resume, options=opts, on_error=cfg.on_error, progress=progress)
 
-    from megatron_ar.data.records import ShardRunner
-
     tasks = ShardRunner(paths, work, _encode_shard).tasks()
     dtype = np.dtype(sorted(summary["dtype"])[0]).type  # every shard used optimal_dtype(vocab)
     outputs = {}
     for k in cfg.json_keys:
         bin_path, idx_path = cfg.output_paths(k)
-        os.makedirs(os.path.dirname(os.path.abspath(bin_path)), exist_ok=True)
-        tb, ti = bin_path + f".tmp-{os.getpid()}", idx_path + f".tmp-{os.getpid()}"
-        try:
+        with publish_files([bin_path, idx_path]) as (tb, ti):
             b = IndexedDatasetBuilder(tb, dtype=dtype)
             for p in range(nparts):
                 for t in tasks:
                     b.add_index(_partial_prefix(t, p, k))
             b.finalize(ti)
-            os.replace(tb, bin_path)
-            os.replace(ti, idx_path)
-        finally:
-            for pth in (tb, ti):
-                if os.path.exists(pth):
-                    os.remove(pth)
         outputs[k] = {"bin": bin_path, "idx": idx_path}
     shutil.rmtree(work, ignore_errors=True)
     tokens = summary.get("tokens", {})

@@ -6,11 +6,11 @@ single-process model into any parallel layout, gather gradients back) and by sma
 conversions; multi-GB conversions stream through ``megatron_ar.checkpoint`` instead.
 
 Design choices
-- How to split a tensor is read from megatron-core's own parameter attributes
-  (``tensor_model_parallel``, ``partition_dim``), not from a second hand-written table, so the
-  split follows whatever the spec builds. Two layout facts are added on top: gated ``linear_fc1``
-  is split per half (rank r holds [gate_r; up_r], megatron-core's GLU layout) and vocab-parallel
-  tensors are zero-padded to the Megatron padded vocab.
+- How to split a tensor comes from :func:`megatron_ar.models.tp.tp_split_axis` (megatron-core's
+  own parameter attributes ``tensor_model_parallel`` / ``partition_dim``), not from a second
+  hand-written table, so the split follows whatever the spec builds. Two layout facts are added
+  on top: gated ``linear_fc1`` is split per half (rank r holds [gate_r; up_r], megatron-core's
+  GLU layout) and vocab-parallel tensors are zero-padded to the Megatron padded vocab.
 - ``linear_qkv`` needs no special case: megatron-core stores it grouped per query group, so a TP
   split is a contiguous split of the rows.
 - Gathering uses ``all_gather`` over TP and ``all_gather_object`` over the pipeline group: simple and exact, meant for test-sized models (it materialises the whole
@@ -26,9 +26,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_ar.models.config import ModelConfig
+from megatron_ar.models.tp import VOCAB_PARAMS, tp_split_axis
 
 _LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
-VOCAB_PARAMS = ("embedding.word_embeddings.weight", "output_layer.weight")
 
 
 def _bare(chunk):
@@ -69,7 +69,8 @@ def _is_gated_fc1(name: str, cfg: ModelConfig) -> bool:
 def shard_tensor(name: str, full: torch.Tensor, param: torch.Tensor, cfg: ModelConfig,
                  tp_rank: int, tp: int) -> torch.Tensor:
     """This TP rank's piece of the full tensor ``full`` for local parameter ``param``."""
-    split = tp > 1 and getattr(param, "tensor_model_parallel", False)
+    axis = tp_split_axis(param)
+    split = tp > 1 and axis is not None
     if name in VOCAB_PARAMS:
         rows = param.shape[0] * (tp if split else 1)
         if full.shape[0] > rows:
@@ -83,7 +84,7 @@ def shard_tensor(name: str, full: torch.Tensor, param: torch.Tensor, cfg: ModelC
         gate, up = full.chunk(2, 0)
         out = torch.cat([gate.chunk(tp, 0)[tp_rank], up.chunk(tp, 0)[tp_rank]], 0)
     else:
-        out = full.chunk(tp, getattr(param, "partition_dim", 0))[tp_rank]
+        out = full.chunk(tp, axis)[tp_rank]
     if tuple(out.shape) != tuple(param.shape):
         raise ValueError(f"{name}: shard shape {tuple(out.shape)} != parameter shape "
                          f"{tuple(param.shape)} (full tensor {tuple(full.shape)})")
@@ -112,7 +113,8 @@ def load_full_state_dict(chunks: Sequence[torch.nn.Module], full: Dict[str, torc
 
 
 def _unshard(name: str, pieces: List[torch.Tensor], param, cfg: ModelConfig) -> torch.Tensor:
-    if not getattr(param, "tensor_model_parallel", False):
+    axis = tp_split_axis(param)
+    if axis is None:
         full = pieces[0]
     elif name in VOCAB_PARAMS:
         full = torch.cat(pieces, 0)[: cfg.vocab_size]
@@ -120,7 +122,7 @@ def _unshard(name: str, pieces: List[torch.Tensor], param, cfg: ModelConfig) -> 
         halves = [p.chunk(2, 0) for p in pieces]
         full = torch.cat([h[0] for h in halves] + [h[1] for h in halves], 0)
     else:
-        full = torch.cat(pieces, getattr(param, "partition_dim", 0))
+        full = torch.cat(pieces, axis)
     if name in VOCAB_PARAMS and full.shape[0] > cfg.vocab_size:
         full = full[: cfg.vocab_size]
     return full
@@ -150,7 +152,7 @@ def gather_full_state_dict(chunks: Sequence[torch.nn.Module], cfg: ModelConfig,
         if value is None:
             value = torch.zeros_like(p)
         value = value.float().contiguous()
-        if tp > 1 and getattr(p, "tensor_model_parallel", False):
+        if tp > 1 and tp_split_axis(p) is not None:
             pieces = [torch.empty_like(value) for _ in range(tp)]
             dist.all_gather(pieces, value, group=tp_group)
         else:

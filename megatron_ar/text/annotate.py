@@ -1,7 +1,7 @@
 """Shard functions behind ``tools/quality_signals.py`` and ``tools/normalize_text.py``.
 
 Both stream one input file into one output file of the same name (and compression) under the
-output directory, through :func:`megatron_ar.data.records.run_shards`, so they inherit its
+output directory, through :func:`megatron_ar.io.shards.run_shards`, so they inherit its
 parallelism, progress, resume and atomic outputs (see that module's docstring for why).
 
 Design choices:
@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from megatron_ar.data.records import ErrorStats, ShardTask, atomic_output, dump_record, iter_records, run_shards
+from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.records import ErrorStats, dump_record, iter_records
+from megatron_ar.io.shards import ShardTask, run_shards
 from megatron_ar.text.normalize import ArabicNormalizeConfig, build_normalizer
 from megatron_ar.text.signals import compute_signals
 

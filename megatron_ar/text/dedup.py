@@ -34,7 +34,7 @@ Design choices (why):
   4% candidate rate (tests check <= 5%).
 * **Memory-bounded streaming**: pass 1 keeps only the key columns (8 x (12 + 2) bytes per
   document, never texts); pass 2 re-reads the inputs and streams kept records out. Pass 1 runs
-  per input shard through :func:`megatron_ar.data.records.run_shards` (processes, progress,
+  per input shard through :func:`megatron_ar.io.shards.run_shards` (processes, progress,
   resume: finished shards leave ``.npy`` key files in the work directory). 64-bit keys make
   accidental collisions negligible (about n^2 / 2^65: < 3% for 10^9 documents, per column).
 * **Fallback**: when the extension is missing, the same hashes are computed with Python ints and
@@ -50,16 +50,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megatron_ar.data.records import (
-    ErrorStats,
-    ShardTask,
-    Summary,
-    atomic_output,
-    dump_record,
-    expand_inputs,
-    iter_records,
-    run_shards,
-)
+from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.records import ErrorStats, dump_record, expand_inputs, iter_records
+from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
 
 from megatron_ar import _ext as _extensions
 
@@ -450,8 +443,6 @@ def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optiona
     pass1 = run_shards(paths, work_dir, _keys_shard, workers=procs, desc="dedup: hashing",
                        resume=resume, options=cfg, on_error=on_error, progress=progress)
 
-    from megatron_ar.data.records import ShardRunner
-
     tasks = ShardRunner(paths, work_dir, _keys_shard).tasks()
     keys = np.concatenate([np.load(t.output_path(".keys.npy")) for t in tasks])
     roots = cluster(keys, cfg)
@@ -525,7 +516,3 @@ def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optiona
         "seconds": round(time.time() - t0, 3),
     }
     return summary
-
-
-def print_summary(summary: dict, json_mode: bool) -> None:
-    Summary("dedup", summary).emit(json_mode)

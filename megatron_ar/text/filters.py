@@ -30,7 +30,9 @@ import dataclasses
 import os
 from typing import Any, Optional, Sequence
 
-from megatron_ar.data.records import ErrorStats, ShardTask, atomic_output, dump_record, iter_records, run_shards
+from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.records import ErrorStats, RecordError, dump_record, iter_records
+from megatron_ar.io.shards import ShardTask, run_shards
 from megatron_ar.text.signals import SIGNAL_NAMES, compute_signals
 
 __all__ = ["FilterRule", "FilterConfig", "load_rules", "filter_shard", "filter_files", "apply_rules"]
@@ -164,8 +166,6 @@ def filter_shard(task: ShardTask) -> dict:
             sig = rec.get(cfg.signals_key)
             if not isinstance(sig, dict) or any(r.signal not in sig for r in cfg.rules):
                 if not cfg.compute_missing:
-                    from megatron_ar.data.records import RecordError
-
                     err = RecordError(task.input_path, line_no, "missing_key",
                                       f"{cfg.signals_key!r} lacks signals the rules need")
                     if task.on_error == "fail":

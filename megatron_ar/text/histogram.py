@@ -31,7 +31,9 @@ import json
 import os
 from typing import Optional, Sequence
 
-from megatron_ar.data.records import ErrorStats, ShardRunner, ShardTask, atomic_output, iter_records
+from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.records import ErrorStats, iter_records
+from megatron_ar.io.shards import ShardRunner, ShardTask
 from megatron_ar.text.signals import SIGNAL_NAMES, compute_signals
 
 __all__ = ["HistogramConfig", "bucket_of", "signal_histograms"]

@@ -1,5 +1,5 @@
 """Tokenizer evaluation: fertility, characters/bytes per token, vocabulary usage and the
-Morphological Alignment Score (issue 4 item 2).
+Morphological Alignment Score.
 
 Definitions (all computed with ``add_special_tokens=False``):
 - **fertility** of a category = tokens / whitespace-separated words (``str.split()``) over all
@@ -40,10 +40,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .io import TextInputError, iter_texts_with_category
+from megatron_ar.io.atomic import publish_file, write_text_atomic
+
+from .io import TextInputError, iter_texts_with_category, load_tokenizer
 
 __all__ = [
-    "load_tokenizer",
     "read_gold_tsv",
     "write_gold_tsv",
     "project_boundaries",
@@ -55,15 +56,6 @@ __all__ = [
 
 _MARKS = "\u0300-\u036F\u064B-\u065F\u0670\u0640"
 WORD_RE = re.compile(rf"[\w{_MARKS}]+")
-
-
-def load_tokenizer(path: str):
-    from tokenizers import Tokenizer
-
-    f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(f):
-        raise FileNotFoundError(f"--tokenizer {path}: no tokenizer.json found")
-    return Tokenizer.from_file(f)
 
 
 def read_gold_tsv(path: str) -> dict[str, list[str]]:
@@ -84,11 +76,8 @@ def read_gold_tsv(path: str) -> dict[str, list[str]]:
 
 
 def write_gold_tsv(path: str, segmentations: dict[str, list[str]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for w, parts in segmentations.items():
-            f.write(f"{w}\t{' '.join(parts)}\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{w}\t{' '.join(parts)}\n"
+                                    for w, parts in segmentations.items()))
 
 
 def _align(a: str, b: str) -> list[tuple[int, int]]:
@@ -307,7 +296,6 @@ def plot_summary(summary: dict, out_png: str) -> None:
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with publish_file(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)

@@ -27,13 +27,12 @@ Design choices:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .io import iter_texts
+from .io import iter_texts, load_tokenizer, tokenizer_file
 from .morphbpe import bytes_to_unicode, write_tokenizer_dir
 
 __all__ = ["MergeConfig", "merge_tokenizers", "merge_application_counts", "check_closed"]
@@ -70,16 +69,9 @@ class MergeConfig:
                 raise ValueError(f"MergeConfig.weights: must be > 0, got {self.weights}")
 
 
-def _tok_file(path: str) -> str:
-    f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(f):
-        raise FileNotFoundError(f"{path}: no tokenizer.json")
-    return f
-
-
 class _Source:
     def __init__(self, path: str):
-        self.path = _tok_file(path)
+        self.path = tokenizer_file(path)
         with open(self.path, encoding="utf-8") as f:
             self.json = json.load(f)
         model = self.json.get("model", {})
@@ -99,9 +91,7 @@ class _Source:
 def merge_application_counts(tokenizer_path: str, merges: list[tuple[str, str]],
                              texts: list[str]) -> Counter:
     """How often each merge (by result token) fires when encoding ``texts``."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(_tok_file(tokenizer_path))
+    tok = load_tokenizer(tokenizer_path)
     id2tok = {i: t for t, i in tok.get_vocab(with_added_tokens=False).items()}
     final: Counter = Counter()
     for i in range(0, len(texts), 512):

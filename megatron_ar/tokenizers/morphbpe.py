@@ -45,12 +45,12 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
+
+from megatron_ar.io.atomic import publish_dir
 
 from .io import iter_texts_with_category
 from .segmenter import ARABIC_WORD_RE, DIACRITICS, get_segmenter, strip_diacritics
@@ -283,11 +283,9 @@ def _pre_tokenizer_json() -> str:
 
 
 def write_tokenizer_dir(tok, special_tokens, out_dir: str) -> None:
-    """Write tokenizer.json + tokenizer_config.json via a temp dir renamed on success."""
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tok-", dir=parent)
-    try:
+    """Write tokenizer.json + tokenizer_config.json via a temp dir renamed on success
+    (:func:`megatron_ar.io.atomic.publish_dir`; an existing ``out_dir`` is replaced)."""
+    with publish_dir(out_dir, exist="replace") as tmp:
         tok.save(os.path.join(tmp, "tokenizer.json"))
         sp = list(special_tokens)
         conf = {
@@ -308,12 +306,6 @@ def write_tokenizer_dir(tok, special_tokens, out_dir: str) -> None:
             }
         with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(conf, f, ensure_ascii=False, indent=2)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def train_tokenizer(cfg: TrainConfig) -> dict:

@@ -71,6 +71,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from megatron_ar.io.atomic import publish_dir
+
 __all__ = ["PruneConfig", "PruneResult", "PruneError", "prune_vocab", "load_bpe_tokenizer",
            "select_vocab", "bpe_trace", "build_pruned_tokenizer", "make_id_map"]
 
@@ -176,9 +178,12 @@ class BpeModel:
 
 def load_bpe_tokenizer(path: str) -> BpeModel:
     """Read a tokenizer.json (path or dir) with a BPE model; merges as "a b" or [a, b]."""
-    tj_path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(tj_path):
-        raise PruneError(f"PruneConfig.tokenizer: {tj_path}: no such file")
+    from megatron_ar.tokenizers.io import tokenizer_file
+
+    try:
+        tj_path = tokenizer_file(path)
+    except FileNotFoundError as e:
+        raise PruneError(f"PruneConfig.tokenizer: {e}") from None
     try:
         with open(tj_path, encoding="utf-8") as f:
             tj = json.load(f)
@@ -561,7 +566,7 @@ def prune_vocab(cfg: PruneConfig) -> PruneResult:
     write ``cfg.output`` (tokenizer.json, tokenizer_config.json, special_tokens_map.json,
     id_map.npy, prune_summary.json, and with ``cfg.checkpoint`` the pruned HF checkpoint), all
     at once by renaming a temporary directory."""
-    from tokenizers import Tokenizer
+    from megatron_ar.tokenizers.io import load_tokenizer
 
     cfg.validate()
     secs: dict[str, float] = {}
@@ -571,8 +576,7 @@ def prune_vocab(cfg: PruneConfig) -> PruneResult:
     if cfg.target_vocab_size > m.size:
         raise PruneError(f"PruneConfig.target_vocab_size: {cfg.target_vocab_size} > original "
                          f"vocabulary {m.size}")
-    old_tok = Tokenizer.from_file(os.path.join(src_dir, "tokenizer.json")
-                                  if os.path.isdir(cfg.tokenizer) else cfg.tokenizer)
+    old_tok = load_tokenizer(cfg.tokenizer)
     secs["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -585,10 +589,7 @@ def prune_vocab(cfg: PruneConfig) -> PruneResult:
     secs["select"] = time.perf_counter() - t
 
     out = os.path.abspath(cfg.output)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with publish_dir(out, exist="replace" if cfg.overwrite else "error") as tmp:
         t = time.perf_counter()
         new_tok, renumbered, n_merges = _write_tokenizer(m, src_dir, tmp, sel.keep, id_map)
         np.save(os.path.join(tmp, "id_map.npy"), id_map)
@@ -632,14 +633,4 @@ def prune_vocab(cfg: PruneConfig) -> PruneResult:
             seconds={k: round(v, 3) for k, v in secs.items()}, peak_rss_mb=_peak_rss_mb())
         with open(os.path.join(tmp, "prune_summary.json"), "w", encoding="utf-8") as f:
             json.dump(res.to_json(), f, indent=2, ensure_ascii=False)
-        if os.path.exists(out):  # overwrite was allowed by validate()
-            old = f"{out}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return res

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import material
-from megatron_ar.data.records import atomic_output, dump_record, expand_inputs, iter_records
+from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.records import dump_record, expand_inputs, iter_records
 from megatron_ar.text.annotate import annotate_files
 from megatron_ar.text.filters import FilterConfig, filter_files, load_rules, parse_rules
 from megatron_ar.text.histogram import HistogramConfig, signal_histograms

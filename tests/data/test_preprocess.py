@@ -208,7 +208,7 @@ def test_sentencepiece_split_sentences(tmp_path, files, records):
 
 def test_malformed_line_reported_and_skipped(tmp_path, records, capsys):
     from megatron_ar.data.preprocess import preprocess
-    from megatron_ar.data.records import RecordError
+    from megatron_ar.io.records import RecordError
 
     lines = [json.dumps(r, ensure_ascii=False) for r in records[:6]]
     lines[2] = lines[2][:-5]  # truncated JSON on line 3

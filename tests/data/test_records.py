@@ -6,9 +6,11 @@ import os
 import pytest
 import zstandard
 
-from megatron_ar.data.records import (ErrorStats, RecordError, ShardRunner, Summary, atomic_output,
-                                      dump_record, expand_inputs, iter_records, merge_summaries,
-                                      open_text, run_shards)
+from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.compression import open_text
+from megatron_ar.io.records import ErrorStats, RecordError, dump_record, expand_inputs, iter_records
+from megatron_ar.io.shards import ShardRunner, run_shards
+from megatron_ar.io.summary import Summary, merge_summaries
 from megatron_ar.text.annotate import AnnotateConfig, annotate_shard
 
 

@@ -10,14 +10,16 @@ agreement per text file and overall; with ``--json`` the last stdout line (rank 
 ``--tolerance`` (on every rank), 2 on invalid input. A single process may run it without
 torchrun when TP = PP = 1. Thin CLI over :func:`megatron_ar.checkpoint.compare_with_hf`.
 """
-import argparse
-import json
 import os
 import sys
 
+from megatron_ar.io.rank import print_rank
+from megatron_ar_tools._cli import EXIT_DIFFERENCE, cli_main, emit_json, fail, parser
 
+
+@cli_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--hf-dir", required=True)
     p.add_argument("--megatron-dir", required=True)
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -29,55 +31,48 @@ def main(argv=None) -> int:
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |logit diff|")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
-    from megatron_ar.checkpoint import CheckpointError, compare_with_hf, read_checkpoint_info
-    from megatron_ar.checkpoint.compare import find_tokenizer_dir, tokens_from_text
+    from megatron_ar.checkpoint import compare_with_hf, read_checkpoint_info
+    from megatron_ar.checkpoint.compare import find_tokenizer_dir
     from megatron_ar.runtime import destroy_distributed, find_free_port, init_distributed
+    from megatron_ar.tokenizers.io import tokens_from_text
 
     tp, pp = a.tensor_model_parallel_size, a.pipeline_model_parallel_size
     single = "RANK" not in os.environ
     if single and tp * pp != 1:
-        print("error: run under torchrun with --nproc_per_node = TP x PP", file=sys.stderr)
-        return 2
-    try:
-        info = read_checkpoint_info(a.megatron_dir)
-        tok_dir = find_tokenizer_dir(a.tokenizer_dir, a.hf_dir,
-                                     os.path.join(a.megatron_dir, "tokenizer"))
-        batches = []
-        for path in a.text_file:
-            with open(path, encoding="utf-8") as f:
-                batches.append(tokens_from_text(tok_dir, f.read(), a.batch_size, a.seq_length,
-                                                info.model_config.vocab_size))
-    except (CheckpointError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("run under torchrun with --nproc_per_node = TP x PP")
+    info = read_checkpoint_info(a.megatron_dir)
+    tok_dir = find_tokenizer_dir(a.tokenizer_dir, a.hf_dir,
+                                 os.path.join(a.megatron_dir, "tokenizer"))
+    batches = []
+    for path in a.text_file:
+        with open(path, encoding="utf-8") as f:
+            batches.append(tokens_from_text(tok_dir, f.read(), a.batch_size, a.seq_length,
+                                            info.model_config.vocab_size))
     kwargs = {}
     if single:
         kwargs = dict(rank=0, world_size=1, master_addr="127.0.0.1", master_port=find_free_port())
     layout = init_distributed(tp=tp, pp=pp, **kwargs)
     if layout.world_size != tp * pp:
-        print(f"error: world size {layout.world_size} != TP x PP = {tp * pp}", file=sys.stderr)
         destroy_distributed()
-        return 2
+        return fail(f"world size {layout.world_size} != TP x PP = {tp * pp}")
     try:
         result = compare_with_hf(a.hf_dir, a.megatron_dir, batches, names=a.text_file)
     finally:
         destroy_distributed()
     ok = result["max_abs_diff"] <= a.tolerance
     result.update({"tolerance": a.tolerance, "passed": ok})
-    if layout.rank == 0:
-        for b in result["per_batch"]:
-            print(f"{b['name']}: max |diff| {b['max_abs_diff']:.3e}, mean |diff| "
-                  f"{b['mean_abs_diff']:.3e}, top-1 agreement {b['top1_agreement']:.4f} "
-                  f"({b['num_positions']} positions)")
-        print(f"TP={tp} PP={pp}: max |logit diff| {result['max_abs_diff']:.3e} "
-              f"(tolerance {a.tolerance:g}), top-1 agreement {result['top1_agreement']:.4f} -> "
-              f"{'PASS' if ok else 'FAIL'}")
-        if a.json:
-            print(json.dumps(result))
-    return 0 if ok else 1
+    for b in result["per_batch"]:
+        print_rank(f"{b['name']}: max |diff| {b['max_abs_diff']:.3e}, mean |diff| "
+                   f"{b['mean_abs_diff']:.3e}, top-1 agreement {b['top1_agreement']:.4f} "
+                   f"({b['num_positions']} positions)")
+    print_rank(f"TP={tp} PP={pp}: max |logit diff| {result['max_abs_diff']:.3e} "
+               f"(tolerance {a.tolerance:g}), top-1 agreement {result['top1_agreement']:.4f} -> "
+               f"{'PASS' if ok else 'FAIL'}")
+    if a.json and layout.rank == 0:
+        emit_json(result)
+    return 0 if ok else EXIT_DIFFERENCE
 
 
 if __name__ == "__main__":

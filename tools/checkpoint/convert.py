@@ -10,15 +10,15 @@ Thin CLI over :func:`megatron_ar.checkpoint.convert` (see its docstring for the 
 meaning of the target sizes). Shows a progress bar and finishes with a summary; ``--json`` puts
 the summary as one JSON object on the last stdout line. Exit status 2 on invalid input.
 """
-import argparse
-import json
 import sys
 
-from megatron_ar.checkpoint import CheckpointError, convert
+from megatron_ar.checkpoint import convert
+from megatron_ar_tools._cli import add_progress, cli_main, emit_json, parser
 
 
+@cli_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--model-type", required=True, help="llama or gemma2")
     p.add_argument("--loader", required=True, choices=["hf", "megatron"])
     p.add_argument("--saver", required=True, choices=["megatron", "hf"])
@@ -34,19 +34,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-shard-size-gb", type=float, default=5.0,
                    help="HF export: maximum safetensors shard size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON last line")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress(p)
     a = p.parse_args(argv)
-    try:
-        result = convert(
-            a.model_type, a.loader, a.saver, a.load_dir, a.save_dir,
-            target_tensor_parallel_size=a.target_tensor_parallel_size,
-            target_pipeline_parallel_size=a.target_pipeline_parallel_size,
-            tokenizer_dir=a.tokenizer_dir, overwrite=a.overwrite, progress=not a.no_progress,
-            max_shard_bytes=int(a.max_shard_size_gb * 1024 ** 3))
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = convert(
+        a.model_type, a.loader, a.saver, a.load_dir, a.save_dir,
+        target_tensor_parallel_size=a.target_tensor_parallel_size,
+        target_pipeline_parallel_size=a.target_pipeline_parallel_size,
+        tokenizer_dir=a.tokenizer_dir, overwrite=a.overwrite, progress=not a.no_progress,
+        max_shard_bytes=int(a.max_shard_size_gb * 1024 ** 3))
     r = result.to_dict()
     print(f"converted {r['direction']} ({r['model_type']}): {r['num_parameters']} tensors, "
           f"{r['num_elements']:,} elements, {r['bytes_written'] / 1e6:.1f} MB written to "
@@ -54,7 +49,7 @@ def main(argv=None) -> int:
           f"{r['padded_vocab_size']}), dtype {r['dtype']}, peak RSS "
           f"{r['peak_rss_bytes'] / 1e6:.0f} MB")
     if a.json:
-        print(json.dumps(r))
+        emit_json(r)
     return 0
 
 

@@ -1,0 +1,253 @@
+"""Run a function over input files (shards) with worker processes, progress and resume.
+
+Design choices and trade-offs:
+
+* **Input files are the unit of work** (as in Dolma / datatrove). Each finished shard leaves a
+  small JSON done-marker holding its summary and a fingerprint of its input (size + mtime_ns)
+  and of the tool's options, written *after* its outputs are published; a rerun skips shards
+  whose marker matches and redoes everything else. Finer-grained checkpoints (within a shard)
+  were rejected: they need seekable compressed input and make outputs depend on where a crash
+  happened. A single huge input file is therefore one unit: split corpora into shards.
+* **Spawn-safe parallelism.** Workers come from a ``spawn`` context (no fork of a process that
+  may hold torch/tokenizers threads); the shard function must be a top-level function of an
+  importable module and its options picklable. Progress flows back through a queue handed to
+  the pool initializer (the only way a plain ``multiprocessing.Queue`` may reach pool workers)
+  and is shown with tqdm over *on-disk* bytes, so the ETA is right for compressed inputs too.
+  ``concurrent.futures`` rather than ``multiprocessing.Pool``: a worker that dies (OOM kill,
+  segfault) raises ``BrokenProcessPool`` instead of hanging the run.
+* Temps left by a killed run in the output folder are removed at start
+  (:func:`megatron_ar.io.atomic.remove_stale_temps`), and an output that would overwrite its own
+  input is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from megatron_ar.io.atomic import remove_stale_temps, write_json_atomic
+from megatron_ar.io.summary import merge_summaries
+
+__all__ = ["ShardTask", "ShardRunner", "run_shards"]
+
+_PROGRESS_QUEUE = None  # set in pool workers by _init_worker
+
+
+def _init_worker(queue) -> None:
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = queue
+
+
+@dataclasses.dataclass
+class ShardTask:
+    """One unit of work handed to a tool's shard function ``fn(task) -> dict``.
+
+    ``output_name`` is unique among the run's inputs (the input's base name, prefixed with a
+    short hash of its path when two inputs share a base name); a tool writes its outputs as
+    ``task.output_path()`` / ``task.output_path(suffix)`` with
+    :func:`megatron_ar.io.atomic.atomic_output` (or another ``publish_*``).
+    """
+
+    index: int
+    input_path: str
+    out_dir: str
+    output_name: str
+    options: Any = None
+    on_error: str = "fail"
+
+    def output_path(self, suffix: str = "") -> str:
+        return os.path.join(self.out_dir, self.output_name + suffix)
+
+    def report(self, disk_bytes: int, docs: int) -> None:
+        """Progress callback (pass as ``iter_records(progress=task.report)``)."""
+        cb = getattr(self, "_callback", None)
+        if cb is not None:
+            cb(disk_bytes, docs)
+        elif _PROGRESS_QUEUE is not None:
+            _PROGRESS_QUEUE.put((disk_bytes, docs))
+
+
+def _call_shard(fn: Callable[[ShardTask], dict], task: ShardTask) -> tuple[int, dict]:
+    return task.index, fn(task)
+
+
+def _unique_names(inputs: Sequence[str]) -> list[str]:
+    bases = [os.path.basename(p) for p in inputs]
+    counts: dict[str, int] = {}
+    for b in bases:
+        counts[b] = counts.get(b, 0) + 1
+    return [b if counts[b] == 1 else
+            hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8] + "-" + b
+            for p, b in zip(inputs, bases)]
+
+
+def _fingerprint(path: str, options: Any) -> dict:
+    st = os.stat(path)
+    opt = json.dumps(dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options,
+                     sort_keys=True, default=str)
+    return {"input": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "options_sha1": hashlib.sha1(opt.encode()).hexdigest()}
+
+
+class ShardRunner:
+    """Run ``fn`` over input shards with ``workers`` processes, progress, and resume.
+
+    Done markers live in ``{out_dir}/.shards/{output_name}.done.json`` (or ``marker_dir``; a tool
+    with several passes gives each its own). ``run()`` returns the merged summary of all shards
+    (skipped ones included, read from their markers) plus ``shards``, ``shards_skipped``,
+    ``seconds``, ``input_bytes``; ``self.results`` keeps each shard's own summary for tools that
+    reduce differently.
+    """
+
+    def __init__(self, inputs: Sequence[str], out_dir: str, fn: Callable[[ShardTask], dict], *,
+                 workers: int = 1, desc: str = "shards", resume: bool = True, options: Any = None,
+                 on_error: str = "fail", progress: bool = True, marker_dir: Optional[str] = None):
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.inputs = list(inputs)
+        self.out_dir = out_dir
+        self.fn = fn
+        self.workers = workers
+        self.desc = desc
+        self.resume = resume
+        self.options = options
+        self.on_error = on_error
+        self.progress = progress
+        self.marker_dir = marker_dir or os.path.join(out_dir, ".shards")
+        self.results: dict[int, dict] = {}  # per-shard summaries by input index, after run()
+
+    def tasks(self) -> list[ShardTask]:
+        names = _unique_names(self.inputs)
+        return [ShardTask(i, p, self.out_dir, n, self.options, self.on_error)
+                for i, (p, n) in enumerate(zip(self.inputs, names))]
+
+    def _marker(self, task: ShardTask) -> str:
+        return os.path.join(self.marker_dir, task.output_name + ".done.json")
+
+    def _load_done(self, task: ShardTask) -> Optional[dict]:
+        if not self.resume:
+            return None
+        try:
+            with open(self._marker(task), encoding="utf-8") as f:
+                m = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if m.get("fingerprint") != _fingerprint(task.input_path, self.options):
+            return None  # input or options changed since: redo
+        return m.get("summary")
+
+    def _remove_stale_temps(self) -> None:
+        """Temps of killed runs in the output folder, its direct subfolders and the markers."""
+        dirs = [self.out_dir, self.marker_dir]
+        with contextlib.suppress(FileNotFoundError):
+            dirs += [e.path for e in os.scandir(self.out_dir) if e.is_dir(follow_symlinks=False)]
+        remove_stale_temps(dict.fromkeys(dirs))
+
+    def run(self) -> dict:
+        t0 = time.time()
+        os.makedirs(self.marker_dir, exist_ok=True)
+        self._remove_stale_temps()
+        tasks = self.tasks()
+        for t in tasks:
+            if os.path.abspath(t.output_path()) == os.path.abspath(t.input_path):
+                raise ValueError(f"output {t.output_path()!r} would overwrite its input; "
+                                 "choose another output directory")
+        total = 0
+        summary: dict = {}
+        todo: list[ShardTask] = []
+        done_bytes = 0
+        for t in tasks:
+            size = os.path.getsize(t.input_path)
+            total += size
+            s = self._load_done(t)
+            if s is None:
+                todo.append(t)
+            else:
+                self.results[t.index] = s
+                summary = merge_summaries(summary, s)
+                done_bytes += size
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=done_bytes, unit="B", unit_scale=True,
+                       desc=self.desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        docs = [0]
+
+        def on_progress(nbytes: int, ndocs: int) -> None:
+            docs[0] += ndocs
+            if bar is not None:
+                bar.update(nbytes)
+                bar.set_postfix(docs=docs[0], refresh=False)
+
+        def finish(task: ShardTask, s: dict) -> None:
+            nonlocal summary
+            write_json_atomic(self._marker(task), {
+                "fingerprint": _fingerprint(task.input_path, self.options), "summary": s})
+            self.results[task.index] = s
+            summary = merge_summaries(summary, s)
+
+        try:
+            if self.workers == 1 or len(todo) <= 1:
+                for t in todo:
+                    t._callback = on_progress  # type: ignore[attr-defined]
+                    s = self.fn(t)
+                    del t._callback  # type: ignore[attr-defined]
+                    finish(t, s)
+            else:
+                self._run_pool(todo, on_progress, finish)
+        finally:
+            if bar is not None:
+                bar.close()
+        summary["shards"] = len(tasks)
+        summary["shards_skipped"] = len(tasks) - len(todo)
+        summary["input_bytes"] = total
+        summary["seconds"] = round(time.time() - t0, 3)
+        return summary
+
+    def _run_pool(self, todo, on_progress, finish) -> None:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        import queue as queue_mod
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        by_index = {t.index: t for t in todo}
+
+        def drain(timeout: float) -> None:
+            with contextlib.suppress(queue_mod.Empty):
+                on_progress(*q.get(timeout=timeout))
+                while True:
+                    on_progress(*q.get_nowait())
+
+        ex = cf.ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=ctx,
+                                    initializer=_init_worker, initargs=(q,))
+        try:
+            pending = {ex.submit(_call_shard, self.fn, t) for t in todo}
+            while pending:
+                drain(0.1)
+                done, pending = cf.wait(pending, timeout=0, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    idx, s = fut.result()  # re-raises the worker's exception (RecordError...)
+                    finish(by_index[idx], s)
+            drain(0.0)
+        except BaseException:
+            for p in list(getattr(ex, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    p.terminate()  # do not wait for other shards when one failed
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
+
+
+def run_shards(inputs: Sequence[str], out_dir: str, fn: Callable[[ShardTask], dict],
+               workers: int = 1, desc: str = "shards", resume: bool = True, **kw) -> dict:
+    """Functional form of :class:`ShardRunner` (``options=``, ``on_error=``, ``progress=``)."""
+    return ShardRunner(inputs, out_dir, fn, workers=workers, desc=desc, resume=resume, **kw).run()

@@ -1,0 +1,1 @@
+"""Checkpoint conversion and comparison tools (``megatron_ar_tools.checkpoint``)."""

@@ -9,7 +9,7 @@ the distributed optimizer), activations with/without sequence parallelism and re
 import sys
 
 from megatron_ar.training.config import load_config
-from megatron_ar.training.memory import estimate_for_recipe
+from megatron_ar.training.plan import build_run_plan, memory_estimate
 from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--world-size", type=int, required=True, help="number of GPUs")
     args, overrides = ap.parse_known_args(argv)
     cfg = load_config(args.config, overrides)
-    est = estimate_for_recipe(cfg, args.world_size).to_dict()
+    est = memory_estimate(build_run_plan(cfg, args.world_size, curriculum=None), cfg).to_dict()
     for k, v in est.items():
         print(f"{k:>16}: {v:,.2f}" if isinstance(v, float) else f"{k:>16}: {v:,}" if isinstance(v, int) else f"{k:>16}: {v}")
     if args.json:

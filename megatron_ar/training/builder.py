@@ -22,27 +22,7 @@ from typing import Any, List, Optional
 import torch
 
 from megatron_ar.training.config import ConfigError, TrainConfig, save_config
-
-
-def model_config_from(cfg: TrainConfig):
-    """ModelConfig of the recipe: a preset name, or a converted checkpoint directory (its
-    ``model_config.json``), with ``model.overrides`` and ``model.seq_length`` applied."""
-    from megatron_ar.models.presets import get_preset
-
-    if os.path.isdir(cfg.model.preset):
-        from megatron_ar.checkpoint import read_checkpoint_info
-
-        mc = read_checkpoint_info(cfg.model.preset).model_config
-        try:
-            return mc.replace(**dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model.overrides: {exc}") from exc
-    try:
-        return get_preset(cfg.model.preset, **dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
-    except KeyError as exc:
-        raise ConfigError(f"model.preset: {exc.args[0]}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model.overrides: {exc}") from exc
+from megatron_ar.training.plan import model_config_from  # noqa: F401  (re-exported for callers)
 
 
 def fp8_transformer_kwargs(cfg: TrainConfig) -> dict:
@@ -98,15 +78,16 @@ def build_data(cfg: TrainConfig):
 
 
 def load_tokenizer(path: Optional[str]):
-    """A ``tokenizers.Tokenizer`` from a directory or tokenizer.json (None if no path)."""
+    """The recipe's tokenizer (``model.tokenizer``), None when the recipe names none; loaded by
+    the one tokenizer loader of the package (``megatron_ar.tokenizers.io``)."""
     if not path:
         return None
-    from tokenizers import Tokenizer
+    from megatron_ar.tokenizers.io import load_tokenizer as load
 
-    f = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(f):
-        raise ConfigError(f"model.tokenizer: {f} not found")
-    return Tokenizer.from_file(f)
+    try:
+        return load(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model.tokenizer: {exc}") from None
 
 
 def default_callbacks(cfg: TrainConfig, model_config) -> List[Any]:

@@ -75,12 +75,14 @@ def estimate_memory(mc, tp: int, pp: int, dp: int, micro_batch_size: int, seq_le
                     num_microbatches: int, vpp: Optional[int] = None, sequence_parallel: bool = False,
                     recompute: Optional[str] = None, bf16: bool = True,
                     distributed_optimizer: bool = True, grad_reduce_in_fp32: bool = True,
-                    flash_attention: bool = True) -> MemoryEstimate:
+                    flash_attention: bool = True, moment_bytes: int = 8) -> MemoryEstimate:
+    """``moment_bytes``: bytes per parameter of Adam's two moments (8 in fp32; 4 with
+    megatron-core's precision-aware optimizer keeping them in bf16, as Fanar Prime does)."""
     n = params_per_rank(mc, tp, pp)
     if bf16:
-        w, g, o = 2, (4 if grad_reduce_in_fp32 else 2), 12
+        w, g, o = 2, (4 if grad_reduce_in_fp32 else 2), 4 + moment_bytes
     else:
-        w, g, o = 4, 4, 8
+        w, g, o = 4, 4, moment_bytes
     opt = o / dp if distributed_optimizer else o
     s, b, h, a, t = seq_length, micro_batch_size, mc.hidden_size, mc.num_attention_heads, tp
     attn_term = 0.0 if (recompute == "selective" or flash_attention) else 5 * a * s / h
@@ -102,15 +104,3 @@ def estimate_memory(mc, tp: int, pp: int, dp: int, micro_batch_size: int, seq_le
              "activation formula of Korthikanti et al. 2022 (approximate for SwiGLU/GQA)")
     return MemoryEstimate(n, n * w / GIB, n * g / GIB, n * opt / GIB, act / GIB, logits / GIB,
                           total / GIB, notes)
-
-
-def estimate_for_recipe(cfg, world_size: int) -> MemoryEstimate:
-    from megatron_ar.training.builder import model_config_from
-
-    mc = model_config_from(cfg)
-    p, o, s = cfg.parallel, cfg.optimizer, cfg.schedule
-    return estimate_memory(
-        mc, p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-        cfg.data_parallel_size(world_size), s.micro_batch_size, cfg.model.seq_length,
-        cfg.num_microbatches(world_size), cfg.vpp_size(mc.num_layers), p.sequence_parallel,
-        p.recompute_granularity, o.bf16, p.use_distributed_optimizer, o.grad_reduce_in_fp32)

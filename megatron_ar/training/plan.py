@@ -243,6 +243,29 @@ def _phase_dict(ph: PhaseSteps) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # resolution
 # ----------------------------------------------------------------------------------------------
+def model_config_from(cfg: TrainConfig):
+    """ModelConfig of the recipe: a preset name, or a converted checkpoint directory (its
+    ``model_config.json``), with ``model.overrides`` and ``model.seq_length`` applied."""
+    import os
+
+    from megatron_ar.models.presets import get_preset
+
+    if os.path.isdir(cfg.model.preset):
+        from megatron_ar.checkpoint import read_checkpoint_info
+
+        mc = read_checkpoint_info(cfg.model.preset).model_config
+        try:
+            return mc.replace(**dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.overrides: {exc}") from exc
+    try:
+        return get_preset(cfg.model.preset, **dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
+    except KeyError as exc:
+        raise ConfigError(f"model.preset: {exc.args[0]}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.overrides: {exc}") from exc
+
+
 def _layout(cfg: TrainConfig, world_size: int, num_layers: int) -> Layout:
     p = cfg.parallel
     if not isinstance(world_size, int) or world_size < 1:
@@ -387,8 +410,6 @@ def build_run_plan(cfg: TrainConfig, world_size: int, curriculum: Any = "auto",
     from megatron_ar.training.rampup import BatchSchedule
 
     if model_config is None:
-        from megatron_ar.training.builder import model_config_from
-
         model_config = model_config_from(cfg)
     layout = _layout(cfg, world_size, model_config.num_layers)
     s = cfg.schedule
@@ -435,13 +456,31 @@ def plan_run(cfg: TrainConfig, world_size: Optional[int] = None) -> Dict[str, An
     """The ``--dry-run`` report: the run plan plus the per-GPU memory estimate."""
     import os
 
-    from megatron_ar.training.memory import estimate_for_recipe
-
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    out = build_run_plan(cfg, world).to_dict()
+    plan = build_run_plan(cfg, world)
+    out = plan.to_dict()
     out["optimizer"] = _optimizer_summary(cfg)
-    out["memory_per_gpu"] = estimate_for_recipe(cfg, world).to_dict()
+    out["memory_per_gpu"] = memory_estimate(plan, cfg).to_dict()
     return out
+
+
+_STATE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+
+def memory_estimate(plan: RunPlan, cfg: TrainConfig):
+    """The analytic per-GPU memory of the plan's most loaded stage
+    (:func:`megatron_ar.training.memory.estimate_memory`)."""
+    from megatron_ar.training.memory import estimate_memory
+
+    L, p, o = plan.layout, cfg.parallel, cfg.optimizer
+    moments = 8
+    if o.use_precision_aware_optimizer:
+        moments = _STATE_BYTES[o.exp_avg_dtype] + _STATE_BYTES[o.exp_avg_sq_dtype]
+    return estimate_memory(
+        plan.model_config, L.tp, L.pp, L.dp, plan.micro_batch_size, plan.seq_length,
+        plan.global_batch_size // (plan.micro_batch_size * L.dp), L.vpp if L.vpp > 1 else None,
+        L.sequence_parallel, p.recompute_granularity, o.bf16, L.distributed_optimizer,
+        o.grad_reduce_in_fp32, moment_bytes=moments)
 
 
 def _optimizer_summary(cfg: TrainConfig) -> Dict[str, Any]:

@@ -143,6 +143,10 @@ def test_dry_run_plan_of_the_fanar_recipes(repo_root):
     for g, v in raw["data"]["phases"][0]["blend"].items():
         shares[g] = v["weight"]
     assert shares == {"ar": 45, "en": 45, "code": 10}  # Sec. 6.4.1
-    # Memory: bf16 weights (2 B/param) + bf16 grad reduce (2) + optimizer state / DP 21.
+    # Memory: bf16 weights (2 B/param) + bf16 grad reduce (2) + (fp32 master 4 + bf16 Adam
+    # moments 2 + 2) / DP 21 with the distributed optimizer.
     m = prime["memory_per_gpu"]
     assert m["grads_gib"] == pytest.approx(m["weights_gib"])
+    assert m["optimizer_gib"] == pytest.approx(m["params_per_rank"] * 8 / 21 / 2**30)
+    s = star["memory_per_gpu"]  # fp32 master + fp32 moments (12 B) / DP 84
+    assert s["optimizer_gib"] == pytest.approx(s["params_per_rank"] * 12 / 84 / 2**30)

@@ -49,11 +49,11 @@ def mixed_documents(n_ar: int = 800, n_en: int = 800, n_code: int = 40, n_valid:
 
 
 def _write_jsonl(path: str, docs: List[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    from megatron_ar.io.atomic import atomic_output
+
+    with atomic_output(path) as f:
         for d in docs:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def build_corpus(out_dir: str, **sizes) -> Dict[str, str]:

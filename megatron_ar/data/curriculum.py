@@ -57,7 +57,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -72,6 +71,7 @@ from megatron_ar.data.curriculum_config import (  # noqa: F401  (re-exported API
     PhaseConfig,
     parse_token_count,
 )
+from megatron_ar.io.atomic import publish_dir, remove_stale_temps, temp_path, write_text_atomic
 from megatron_ar.data.curriculum_plan import (  # noqa: F401  (re-exported API)
     CurriculumDataError,
     CurriculumPlan,
@@ -170,15 +170,6 @@ def _dist() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _publish_dir(staging: str, final: str) -> None:
-    try:
-        os.rename(staging, final)
-    except OSError:
-        if not os.path.isdir(final):
-            raise
-        shutil.rmtree(staging, ignore_errors=True)  # another process published the same content
-
-
 def _gpt_config(config: CurriculumConfig, prefix: str, seed: int, cache: str):
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
@@ -240,8 +231,12 @@ def _build_epoch(config: CurriculumConfig, stats: DatasetStats, indexed, epoch: 
     if os.path.isfile(marker):
         return
     os.makedirs(final, exist_ok=True)
-    staging = os.path.join(final, f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(staging)
+    # megatron's GPTDataset writes its .npy files in place under path_to_cache: give it a temp
+    # folder of the io layer's convention (a killed build's leftover is recognisable and removed
+    # by remove_stale_temps), then move the finished files into the shared epoch folder.
+    staging = temp_path(os.path.join(final, f"epoch{epoch}"))
+    remove_stale_temps([final])
+    os.makedirs(staging, exist_ok=True)
     try:
         gd = GPTDataset(indexed, _dataset_label(stats), numpy.arange(stats.num_sequences, dtype=numpy.int32),
                         None, Split.train, _gpt_config(config, stats.prefix, seed, staging))
@@ -253,10 +248,8 @@ def _build_epoch(config: CurriculumConfig, stats: DatasetStats, indexed, epoch: 
         files = sorted(os.listdir(staging), key=lambda f: f.endswith("description.txt"))
         for f in files:  # description last: megatron treats the set as a cache hit only when complete
             os.replace(os.path.join(staging, f), os.path.join(final, f))
-        tmp = marker + f".tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps({"dataset": stats.name, "epoch": epoch, "seed": seed, "files": files}))
-        os.replace(tmp, marker)
+        write_text_atomic(marker, json.dumps({"dataset": stats.name, "epoch": epoch, "seed": seed,
+                                              "files": files}))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -306,9 +299,8 @@ def prepare_curriculum(config: CurriculumConfig, cache_dir: str, plan: Optional[
     final = os.path.join(cache_dir, f"curriculum-{fp[:16]}")
     if os.path.isdir(final):
         return final
-    staging = f"{final}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.makedirs(staging)
-    try:
+    # Content-addressed: a process that publishes the same fingerprint first wins ("keep").
+    with publish_dir(final, exist="keep") as staging:
         t0 = time.time()
         dataset_ids, stream_pos = build_curriculum_index(plan)
         logger.info("curriculum: index of %d samples built in %.1fs", plan.total_samples, time.time() - t0)
@@ -316,9 +308,6 @@ def prepare_curriculum(config: CurriculumConfig, cache_dir: str, plan: Optional[
         numpy.save(os.path.join(staging, "stream_pos.npy"), stream_pos)
         with open(os.path.join(staging, "manifest.json"), "w") as f:
             json.dump({"fingerprint": fp, **manifest}, f, indent=1)
-        _publish_dir(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
 
 

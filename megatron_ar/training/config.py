@@ -691,9 +691,7 @@ def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
-    """Write the resolved recipe as YAML (temp file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    """Write the resolved recipe as YAML, atomically (:mod:`megatron_ar.io.atomic`)."""
+    from megatron_ar.io.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

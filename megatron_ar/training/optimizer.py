@@ -74,7 +74,6 @@ class CooldownParamScheduler(OptimizerParamScheduler):
 def build_scheduler(lr, optimizer) -> CooldownParamScheduler:
     """megatron-core's scheduler for a resolved :class:`~megatron_ar.training.plan.LRPlan`
     (positions in iterations, or samples under batch-size ramp-up)."""
-    samples = lr.unit == "samples"
     return CooldownParamScheduler(
         optimizer,
         init_lr=lr.init_lr,

@@ -54,9 +54,10 @@ def read_metrics(run_dir: str) -> Dict[str, List[Dict[str, Any]]]:
 
 
 def _save(fig, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    from megatron_ar.io.atomic import publish_file
+
+    with publish_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     return path
 
 

@@ -19,7 +19,6 @@ Design choices
 from __future__ import annotations
 
 import json
-import os
 import random
 from typing import Dict, List, Sequence
 
@@ -49,11 +48,11 @@ def build_cloze_items(texts: Sequence[str], n: int, num_choices: int = 4, seed: 
 
 
 def write_task(items: List[Dict], path: str) -> str:
-    """Write ``items`` as JSONL to ``path`` (temporary name, then rename); returns ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write ``items`` as JSONL to ``path`` atomically (:mod:`megatron_ar.io.atomic`); returns
+    ``path``."""
+    from megatron_ar.io.atomic import atomic_output
+
+    with atomic_output(path) as f:
         for it in items:
             f.write(json.dumps(it, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path

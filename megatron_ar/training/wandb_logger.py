@@ -61,11 +61,9 @@ def read_run_id(run_dir: str) -> Optional[str]:
 
 
 def write_run_id(run_dir: str, run_id: str) -> None:
-    path = os.path.join(run_dir, RUN_ID_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(run_id + "\n")
-    os.replace(tmp, path)
+    from megatron_ar.io.atomic import write_text_atomic
+
+    write_text_atomic(os.path.join(run_dir, RUN_ID_FILE), run_id + "\n")
 
 
 def wandb_config(state, flops: float) -> Dict[str, Any]:

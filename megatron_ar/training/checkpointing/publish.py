@@ -10,8 +10,12 @@ directories are removed at the next save.
 Design choices
 - Rank-0 file-system operations only: no collectives here; the caller
   (:func:`megatron_ar.training.checkpointing.train_state.save_checkpoint`) places the barriers.
-  That keeps this module self-contained, so it can move onto a generic atomic directory
-  publisher without touching the save/load logic.
+- The pointer file is written by the io layer's publisher (:mod:`megatron_ar.io.atomic`). The
+  checkpoint directory keeps its own staging name (``.tmp_iter_XXXXXXX``) instead of the io
+  layer's per-process temp name because every rank writes into it, so its name must be known
+  to all ranks without a collective; and a checkpoint root has one writer (the job), so every
+  staging leftover in it is stale at the next save and is removed, whatever host wrote it (the
+  io layer keeps other hosts' temps, which is right for shared outputs, not here).
 - Re-saving an iteration that is already published (e.g. after a resume) swaps the directories
   with two renames and deletes the old one afterwards; the pointer is rewritten last.
 - Test hook ``MEGATRON_AR_FAULT_SAVE_SLEEP_S`` (environment, :func:`fault_sleep_before_publish`):
@@ -24,6 +28,8 @@ from __future__ import annotations
 import os
 import shutil
 from typing import List, Optional
+
+from megatron_ar.io.atomic import write_text_atomic
 
 POINTER = "latest_checkpointed_iteration.txt"
 STAGING_PREFIX = ".tmp_"
@@ -107,12 +113,7 @@ def publish(root: str, iteration: int, keep_last: Optional[int] = None) -> str:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    ptmp = os.path.join(root, f".{POINTER}.tmp")
-    with open(ptmp, "w", encoding="utf-8") as f:
-        f.write(str(iteration))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(ptmp, os.path.join(root, POINTER))
+    write_text_atomic(os.path.join(root, POINTER), str(iteration))
     if keep_last:
         prune_checkpoints(root, keep_last)
     return final

@@ -11,6 +11,8 @@ from megatron_ar.data.records import (ErrorStats, RecordError, ShardRunner, Summ
                                       open_text, run_shards)
 from megatron_ar.text.annotate import AnnotateConfig, annotate_shard
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def hadith_docs(bukhari_records):

@@ -18,6 +18,8 @@ import pytest
 
 import material
 
+pytestmark = pytest.mark.unit
+
 REPO = material.REPO
 N_HADITH = 1200     # Arabic + English hadith pairs in the pruning corpus
 DOC_STEP = 10       # every 10th Python doc file and stdlib module

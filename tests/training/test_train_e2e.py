@@ -128,7 +128,10 @@ def test_backtrace_returns_the_trained_tokens(run_a):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from megatron_ar.training.backtrace import backtrace_step
+    from megatron_ar.training.builder import load_tokenizer
+    from megatron_ar.training.config import load_config
 
+    tok = load_tokenizer(load_config(os.path.join(run_a["dir"], "config.yaml")).model.tokenizer)
     for step in (3, 31):  # one step per phase
         res = backtrace_step(run_a["dir"], step)
         assert res["verified"] == {0: [True] * 4}  # digests of what the loop fed the model
@@ -139,7 +142,7 @@ def test_backtrace_returns_the_trained_tokens(run_a):
             ds = IndexedDataset(row["prefix"])
             toks = np.concatenate([ds.get(doc, offset=a, length=b - a) for doc, a, b in row["token_ranges"]])
             assert toks.tolist() == row["tokens"] and len(row["tokens"]) == 65
-            assert row["text"]
+            assert row["text"] == tok.decode(row["tokens"], skip_special_tokens=False) != ""  # the run's tokenizer
 
 
 def _cloze_oracle(run_dir, iteration, hf_dir, margin=1e-3):

@@ -5,7 +5,8 @@ Tiers: every test module declares exactly one at module level (``pytestmark =
 pytest.mark.unit``); collection fails naming each module that does not, so a new file cannot
 slip into the wrong run. ``bash tests/run.sh --fast`` runs ``-m unit``.
 
-- ``unit``: one process, seconds per test; the developer's inner loop.
+- ``unit``: no process group, seconds per test (a tool's CLI in a subprocess or a worker pool
+  is fine); the developer's inner loop.
 - ``multiproc``: spawns process groups (``run_multiprocess``, torchrun) or training jobs.
 - ``slow``: single-process but longer than about a minute on a 2-core machine.
 - ``gpu``: needs CUDA; skipped, with the reason, where ``torch.cuda.is_available()`` is False.
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import material  # noqa: E402
 
 TIERS = {
-    "unit": "single process, seconds per test (bash tests/run.sh --fast runs only these)",
+    "unit": "no process group, seconds per test (bash tests/run.sh --fast runs only these)",
     "multiproc": "spawns process groups (run_multiprocess, torchrun) or training jobs",
     "slow": "single process, longer than about a minute on a 2-core machine",
     "gpu": "needs CUDA; skipped where torch.cuda.is_available() is False",

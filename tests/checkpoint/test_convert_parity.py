@@ -21,6 +21,8 @@ from mar_checkpoint_workers import parity_and_megatron_save
 from megatron_ar.checkpoint import convert
 from megatron_ar.runtime import run_multiprocess
 
+pytestmark = pytest.mark.multiproc
+
 SEQ = 48  # > Gemma-2 sliding window (8)
 
 
@@ -86,20 +88,44 @@ def test_parity_tp2_pp2_and_megatron_layout(setup):
 
 
 def test_compare_cli_single_process_exit_status(setup):
-    """The CLI without torchrun (TP=PP=1): real numbers in the JSON last line, and exit status 1
-    when max |diff| is above --tolerance (here an impossible 1e-12; one launch checks both)."""
+    """The CLI without torchrun (TP=PP=1): real numbers in the JSON last line; exit status 0
+    within --tolerance, and 1 against an HF copy whose final norm has one weight moved by 0.5:
+    the CLI must report the logit change transformers itself measures between the two copies."""
+    from transformers import AutoModelForCausalLM
+
+    from megatron_ar.checkpoint.compare import tokens_from_text
+
     root, dirs, _ = setup
     hf, meg = dirs["gemma2"]
     text = root / "text.txt"
     text.write_text("The Prophet said: actions are judged by intentions. " * 20, encoding="utf-8")
-    cmd = [sys.executable, "tools/checkpoint/compare_hf.py", "--hf-dir", hf, "--megatron-dir",
-           meg, "--text-file", str(text), "--seq-length", str(SEQ), "--tolerance", "1e-12",
-           "--json"]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1, run.stderr[-3000:]
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["passed"] is False and summary["tolerance"] == 1e-12
-    assert 0 < summary["max_abs_diff"] <= 1e-4
+
+    def cli(hf_dir, tolerance):
+        cmd = [sys.executable, "tools/checkpoint/compare_hf.py", "--hf-dir", hf_dir, "--megatron-dir",
+               meg, "--tokenizer-dir", hf, "--text-file", str(text), "--seq-length", str(SEQ),
+               "--tolerance", str(tolerance), "--json"]
+        run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+        assert run.stdout.strip(), run.stderr[-3000:]
+        return run, json.loads(run.stdout.strip().splitlines()[-1])
+
+    run, summary = cli(hf, 1e-4)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert summary["passed"] is True and summary["tolerance"] == 1e-4
+    assert summary["max_abs_diff"] <= 1e-4
     assert summary["top1_agreement"] == 1.0 and summary["num_positions"] == 2 * SEQ
     assert summary["tensor_model_parallel_size"] == 1
+
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, attn_implementation="eager").eval()
+    tokens = tokens_from_text(hf, text.read_text(encoding="utf-8"), 2, SEQ, model.config.vocab_size)
+    with torch.no_grad():
+        before = model(input_ids=tokens).logits
+        model.model.norm.weight[0] += 0.5
+        moved = float((model(input_ids=tokens).logits - before).abs().max())
+    assert moved > 1e-2  # far above the fp32 parity of the unperturbed pair
+    bumped = str(root / "gemma2-hf-norm-moved")
+    model.save_pretrained(bumped)
+    run, summary = cli(bumped, moved / 2)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert summary["passed"] is False and summary["tolerance"] == moved / 2
+    assert summary["max_abs_diff"] == pytest.approx(moved, abs=1e-4)

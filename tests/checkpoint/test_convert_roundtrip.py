@@ -29,6 +29,8 @@ from megatron_ar.checkpoint import (
     read_checkpoint_info,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):

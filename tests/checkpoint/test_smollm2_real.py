@@ -19,6 +19,8 @@ import pytest
 from mar_checkpoint_fixtures import assert_bit_identical, read_safetensors_dir
 from megatron_ar.checkpoint import convert, read_checkpoint_info
 
+pytestmark = pytest.mark.multiproc
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TP, PP = 3, 2
 

@@ -33,6 +33,8 @@ from megatron_ar.data.curriculum import (
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import material  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 EOD = 256
 SEQ = 64
 GBS = 8
@@ -306,8 +308,6 @@ def test_tokens_are_the_documents_bytes(corpus, built, infos):
         assert item["tokens"].tolist() == expect[:-1].tolist()
         assert item["labels"].tolist() == expect[1:].tolist()
         assert item["dataset_id"] == info.dataset_id and item["phase"] == info.phase
-        text = bytes(int(t) for t in expect if t != EOD).decode("utf-8", errors="replace")
-        assert len(text) > 0
 
 
 # ------------------------------------------------------------------------------ resume
@@ -478,39 +478,6 @@ def test_run_level_values_once_and_token_suffixes(corpus):
     bare = CurriculumConfig.from_dict(_recipe(corpus)["data"])  # no run-level values filled in
     with pytest.raises(CurriculumConfigError, match="data.seq_length: unknown"):
         plan_curriculum(bare)
-
-
-# ------------------------------------------------------------------------------ two ranks (gloo)
-def _dist_worker(rank, world, port, recipe, out_dir):
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                         rank=rank, world_size=world)
-    try:
-        ds = CurriculumDataset(_cc(recipe))  # rank 0 builds, rank 1 reads
-        ds.advance(2 * GBS)
-        it = iter(ds.sampler(micro_batch_size=2, data_parallel_rank=rank, data_parallel_size=world))
-        got = [[ds.sample_tokens(i).tolist() for i in next(it)] for _ in range(4)]
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump({"fingerprint": ds.fingerprint, "tokens": got}, f)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_two_gloo_ranks_share_one_build(corpus, built, tmp_path):
-    import socket
-
-    _, ds = built
-    recipe = _recipe(corpus, cache_dir=str(tmp_path / "cache"))
-    with socket.socket() as s_:
-        s_.bind(("127.0.0.1", 0))
-        port = s_.getsockname()[1]
-    # fork: the children reuse the imported torch/megatron (spawn re-imports them: ~1 min on 2 cores)
-    torch.multiprocessing.start_processes(_dist_worker, args=(2, port, recipe, str(tmp_path)), nprocs=2,
-                                          join=True, start_method="fork")
-    res = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
-    assert res[0]["fingerprint"] == res[1]["fingerprint"] == ds.fingerprint
-    for r in range(2):  # each rank got its slice of steps 2 and 3, same tokens as one process
-        idx = [batch_layout(c, GBS, 2, 2)[m, r] for c in (2 * GBS, 3 * GBS) for m in range(2)]
-        assert res[r]["tokens"] == [[ds.sample_tokens(int(i)).tolist() for i in mb] for mb in idx]
 
 
 def test_appended_phase_resumes_only_when_allowed(corpus, built):

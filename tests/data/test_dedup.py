@@ -14,6 +14,8 @@ import pytest
 
 from megatron_ar.text import dedup as D
 
+pytestmark = pytest.mark.unit
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EDIT_RATES = (0.0, 0.003, 0.006, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.25)
 

@@ -18,6 +18,8 @@ from megatron_ar.text.annotate import annotate_files
 from megatron_ar.text.filters import FilterConfig, filter_files, load_rules, parse_rules
 from megatron_ar.text.histogram import HistogramConfig, signal_histograms
 
+pytestmark = pytest.mark.unit
+
 REPO = material.REPO
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 

@@ -27,6 +27,8 @@ from megatron_ar.data.curriculum_plan import (
     plan_curriculum,
 )
 
+pytestmark = pytest.mark.unit
+
 SEQ, GBS = 64, 8
 DOCS, DOC_TOKENS = 2000, 2048
 

@@ -11,6 +11,8 @@ import pytest
 
 from megatron_ar.text.normalize import ArabicNormalizeConfig, build_normalizer, normalize_arabic, strip_html
 
+pytestmark = pytest.mark.unit
+
 QURAN_MARKS_RE = re.compile("[\u06d6-\u06dc]")  # the Quranic pause marks Tanzil keeps in simple-clean
 
 

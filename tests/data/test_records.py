@@ -13,6 +13,8 @@ from megatron_ar.io.shards import ShardRunner, run_shards
 from megatron_ar.io.summary import Summary, merge_summaries
 from megatron_ar.text.annotate import AnnotateConfig, annotate_shard
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def hadith_docs(bukhari_records):

@@ -13,6 +13,8 @@ import pytest
 
 from megatron_ar.text.signals import SIGNAL_NAMES, SIGNALS, compute_signals, normalized_words
 
+pytestmark = pytest.mark.unit
+
 # "Actions are by intentions, and everyone gets what he intended" (diacritized, one line)
 # written with escapes because the corpus orders shadda before the short vowel (not NFC order)
 E1 = ("\u0625\u0650\u0646\u0651\u064e\u0645\u064e\u0627 \u0627\u0644\u0652\u0623\u064e\u0639\u0652\u0645\u064e"

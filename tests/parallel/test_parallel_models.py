@@ -25,6 +25,8 @@ import mar_parallel_workers as workers  # noqa: E402
 from megatron_ar.models import get_preset, hf_to_megatron, to_hf_config  # noqa: E402
 from megatron_ar.runtime import MultiprocessError, run_multiprocess  # noqa: E402
 
+pytestmark = pytest.mark.multiproc
+
 LOGIT_TOL = 1e-4
 GRAD_REL_TOL = 1e-5
 SEQ = 16

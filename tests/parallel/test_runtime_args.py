@@ -4,6 +4,8 @@ import pytest
 
 from megatron_ar.runtime import cpu_emulation_installed, init_distributed, run_multiprocess
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"tp": 0}, "tp must be a positive int"),

@@ -15,6 +15,8 @@ from megatron_ar.tokenizers.evaluate import (
 from megatron_ar.tokenizers.io import TextInputError
 from megatron_ar.tokenizers.morphbpe import bytes_to_unicode, runtime_pre_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 def _bpe_from_tokens(tokens: list[str]):
     """Byte-level BPE whose merges first build every character of the given tokens from its
@@ -112,6 +114,9 @@ def test_fertility_and_usage_match_direct_counts(trained, hadith_corpus, tmp_pat
     assert r["tokens"]["ar"] == n_tok
     chars = sum(s["categories"][c]["chars"] for c in s["categories"])
     assert r["chars_per_token"] == pytest.approx(chars / sum(r["tokens"].values()), abs=1e-4)
+    en_docs = [json.loads(line)["text"] for line in en.read_text(encoding="utf-8").splitlines() if line.strip()]
+    used = {i for t in docs + en_docs for i in tok.encode(t, add_special_tokens=False).ids}
+    assert r["vocab_usage"] == pytest.approx(len(used) / tok.get_vocab_size(), abs=1e-4)
     assert 0.3 < r["vocab_usage"] <= 1.0
 
 
@@ -127,8 +132,12 @@ def test_cli_table_json_and_plot(trained, hadith_corpus, builtin_gold, tmp_path,
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert [t["path"] for t in out["tokenizers"]] == [trained["morph-bpe"][0], trained["bpe"][0]]
-    for t in out["tokenizers"]:
+    # the thin CLI reports what the library computes in-process from the same files
+    lib = evaluate_tokenizers([trained["morph-bpe"][0], trained["bpe"][0]],
+                              [f"ar={hadith_corpus['heldout']}"], str(gold))
+    for t, want in zip(out["tokenizers"], lib["tokenizers"]):
         assert {"path", "vocab_size", "fertility", "chars_per_token", "morph_alignment"} <= set(t)
+        assert t["morph_alignment"] == want["morph_alignment"] and t["fertility"] == want["fertility"]
         assert 0 < t["morph_alignment"] <= 1
     assert "fert[ar]" in r.stdout and "MAS" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,6 +12,8 @@ from megatron_ar.tokenizers.evaluate import evaluate_tokenizers
 from megatron_ar.tokenizers.merge import MergeConfig, merge_tokenizers
 from megatron_ar.tokenizers.morphbpe import TrainConfig, bytes_to_unicode, train_tokenizer
 
+pytestmark = pytest.mark.unit
+
 TARGET = 5120
 
 

@@ -18,6 +18,8 @@ import pytest
 
 import material
 
+pytestmark = pytest.mark.slow  # ~1 min of CPU on 2 cores, most of it the Gemma 256k-vocab pruning CLI
+
 REPO = material.REPO
 N_HADITH = 1200     # Arabic + English hadith pairs in the pruning corpus
 DOC_STEP = 10       # every 10th Python doc file and stdlib module

@@ -8,6 +8,8 @@ from megatron_ar.tokenizers.segmenter import (
     BuiltinSegmenter, boundaries, get_segmenter, strip_diacritics,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def fitted(hadith_corpus):

@@ -10,6 +10,8 @@ from megatron_ar.tokenizers.io import (
     TextInputError, category_from_filename, iter_texts, iter_texts_with_category,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_plain_jsonl_gz_and_categories(tmp_path):
     (tmp_path / "ar_part1.txt").write_text("سطر أول\n\n{not json, just code}\nثاني\n", encoding="utf-8")

@@ -40,6 +40,8 @@ from train_harness import write_recipe
 
 from megatron_ar.runtime import run_multiprocess
 
+pytestmark = pytest.mark.multiproc
+
 STEPS = 5
 VOCAB = 2048  # the train_data tokenizer's vocabulary
 LOSS_REL_TOL = 1e-4

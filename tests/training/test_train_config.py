@@ -6,6 +6,8 @@ import yaml
 
 from megatron_ar.training.config import ConfigError, load_config, save_config, to_dict
 
+pytestmark = pytest.mark.unit
+
 BASE = """\
 model:
   preset: tiny-llama

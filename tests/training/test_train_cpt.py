@@ -29,6 +29,8 @@ import torch
 from arch_parity_workers import tiny_gemma2_hf
 from train_harness import converted_tiny_llama, read_metrics, torchrun, write_recipe
 
+pytestmark = pytest.mark.multiproc
+
 # fp32 end to end; measured differences are ~1e-7 relative (printed with -s), the limit keeps
 # a wide margin while any real mismatch (another init, a missing feature) is > 1e-3.
 REL_TOL = 1e-5

@@ -21,6 +21,8 @@ import pytest
 
 from train_harness import copy_checkpoint, read_metrics, torchrun, torchrun_kill_at, write_recipe
 
+pytestmark = pytest.mark.multiproc
+
 RAMP = [8, 4, 200]
 STEPS = 36
 LAYOUT = ("--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1",
@@ -294,7 +296,7 @@ def test_kill9_inside_the_ramp_resumes_bit_exact(ramp_run):
     """A copy of the step-10 checkpoint (batch 8) resumes, saving every 2 steps, and is killed
     after a random step in [14, 16) (batch 12 since step 13); the resumed job runs to step 24
     (batch 16 from step 21): losses, LR, grad norms, batches and digests equal the reference."""
-    kill_after = random.Random().randrange(14, 16)
+    kill_after = random.Random(0).randrange(14, 16)  # seeded: a failure reproduces
     print(f"\nSIGKILL after step {kill_after}")
     d = ramp_run["tmp"] / "b"
     run_b = str(d / "run")

@@ -30,6 +30,8 @@ import pytest
 from train_harness import (STEPS, copy_checkpoint, data_of, read_metrics, read_metrics_lines, torchrun,
                            torchrun_kill_at, torchrun_kill_during_save, write_recipe)
 
+pytestmark = pytest.mark.multiproc
+
 PLAIN_LAYOUT = ("--no-use-distributed-optimizer", "--tensor-model-parallel-size", "1", "--no-sequence-parallel")
 
 

@@ -1,5 +1,5 @@
-"""LR schedule (megatron-core OptimizerParamScheduler + Fanar cool-down), FLOP formula, memory
-estimate: values against hand formulas and a real model's parameter count."""
+"""LR schedule (megatron-core OptimizerParamScheduler + Fanar cool-down), FLOP formula: values
+against hand formulas. The memory estimate against a built model: test_train_memory.py."""
 import math
 import types
 
@@ -10,6 +10,8 @@ from lr_reference import reference_lr
 from megatron_ar.training.config import load_config
 from megatron_ar.training.metrics import FlopShape, flops_per_step
 from megatron_ar.training.plan import build_run_plan
+
+pytestmark = pytest.mark.unit
 
 
 def _cfg(*args):
@@ -107,30 +109,3 @@ def test_flops_formula_against_6nd():
     params = L * (4 * h * h + 3 * h * 11008)
     want = 6 * params * b * s + 12 * L * b * s * s * h + 6 * 76800 * h * b * s
     assert flops_per_step(shape, b, s) == pytest.approx(want, rel=1e-12)
-
-
-def test_memory_param_count_matches_built_model():
-    """params_per_rank at TP=PP=1 equals the number of parameters of the real megatron-core
-    model built by megatron_ar.models (single process, gloo)."""
-    from megatron_ar.models.presets import get_preset
-    from megatron_ar.runtime.spawn import run_multiprocess
-    from megatron_ar.training.memory import estimate_memory, params_per_rank
-
-    mc = get_preset("tiny-llama")
-    counted = run_multiprocess(_count_params, 1, "tiny-llama")[0]
-    assert params_per_rank(mc, 1, 1) == counted
-    est = estimate_memory(get_preset("fanar-star-7b"), tp=1, pp=1, dp=1, micro_batch_size=1,
-                          seq_length=4096, num_microbatches=1, distributed_optimizer=False)
-    # 7.1B params x 18 bytes (bf16 weight + fp32 grad + fp32 master + Adam m, v), Fanar Table 6
-    assert est.params_per_rank == pytest.approx(7.1e9, rel=0.01)
-    assert (est.weights_gib + est.grads_gib + est.optimizer_gib) * 2**30 == pytest.approx(18 * est.params_per_rank)
-
-
-def _count_params(preset):
-    from megatron_ar.models.builder import build_model
-    from megatron_ar.models.presets import get_preset
-    from megatron_ar.runtime import init_distributed
-
-    init_distributed(tp=1, pp=1)
-    chunks = build_model(get_preset(preset))
-    return sum(p.numel() for c in chunks for p in c.parameters())

@@ -11,6 +11,8 @@ from megatron_ar.training.callbacks import LossSpikeDetector, truncate_jsonl
 from megatron_ar.training.checkpointing import POINTER, latest_iteration, prune_checkpoints
 from megatron_ar.training.eval import TaskError, load_mc_task, score_mc, token_byte_lengths
 
+pytestmark = pytest.mark.unit
+
 
 class _State:
     def __init__(self):
@@ -36,8 +38,12 @@ def test_spike_detector_flags_and_skips(tmp_path):
     # the window survives a checkpoint (JSON round trip) and judges the same
     det2 = LossSpikeDetector(6.0, 20, True, str(tmp_path))
     det2.load_state_dict(json.loads(json.dumps(det.state_dict())))
-    assert det2.judge(3.5) is not None and det2.judge(3.0) is None
-    assert list(det2.losses) == list(det.losses)
+    # oracle: the last 20 losses that were not spikes (step 30 stays out of the window)
+    w = np.asarray(losses[19:30] + losses[31:40])
+    assert det2.judge(3.5) == pytest.approx({"mean": w.mean(), "std": w.std(), "z": (3.5 - w.mean()) / w.std()},
+                                            rel=1e-12)
+    assert det2.judge(3.0) is None
+    assert list(det2.losses) == list(det.losses) == w.tolist()
 
 
 def test_bytes_per_token_equal_decoded_utf8(gemma_tokenizer_dir, bukhari_records):

@@ -41,6 +41,9 @@ Design choices
     this module (``SoftcapDotProductAttention``), so it composes with the fused kernel.
   * ``persist_layer_norm``: only megatron's apex ``FusedLayerNorm`` (LayerNorm) reads it; our
     norms are RMSNorm (``megatron_ar.models.modules.RMSNorm`` or TE's), so it is always off.
+- ``MEGATRON_AR_FUSIONS=off`` makes the probe report a CUDA device without fusion support, so
+  a GPU run can rule the fusions out when diagnosing a numerical or compile problem without
+  editing a recipe.
 - Trade-off: probing imports TE / apex extensions, which can take a second on a GPU node; it is
   skipped entirely without a CUDA device, so CPU runs import nothing new.
 - Overlap: :func:`overlap_errors` states Megatron-LM's rules for ``overlap_param_gather``
@@ -86,6 +89,7 @@ class StackCapabilities:
     ``te_fused_rope``: megatron-core's TE fused RoPE imports. ``apex_grad_accum``: apex's
     ``fused_weight_gradient_mlp_cuda`` imports. ``softmax_kernels``: the fused masked-softmax
     extensions import. ``compute_capability``: (major, minor) of the current device.
+    ``disabled_by``: set when the environment switched fusions off (``MEGATRON_AR_FUSIONS=off``).
     """
 
     cuda: bool = False
@@ -97,6 +101,7 @@ class StackCapabilities:
     te_fused_rope: bool = False
     apex_grad_accum: bool = False
     softmax_kernels: bool = False
+    disabled_by: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,13 +185,23 @@ def te_fused_rope_available() -> bool:
     return fused_apply_rotary_pos_emb is not None
 
 
-def probe_capabilities(cuda: Optional[bool] = None) -> StackCapabilities:
+DISABLE_ENV = "MEGATRON_AR_FUSIONS"
+
+
+def probe_capabilities(cuda: Optional[bool] = None,
+                       environ: Optional[Mapping[str, str]] = None) -> StackCapabilities:
     """Probe the installed stack (uncached; :func:`probe_stack` caches it). ``cuda=None`` asks
-    torch; without CUDA nothing else is imported and everything reads unavailable."""
+    torch; without CUDA nothing else is imported and everything reads unavailable.
+    ``MEGATRON_AR_FUSIONS=off`` in the environment reports a CUDA device with no fusion support
+    (a switch to rule fusions out when diagnosing a GPU run)."""
+    environ = os.environ if environ is None else environ
     if cuda is None:
         cuda = torch.cuda.is_available()
     if not cuda:
         return StackCapabilities()
+    if environ.get(DISABLE_ENV, "").lower() == "off":
+        return StackCapabilities(cuda=True, torch_compile_detail=f"{DISABLE_ENV}=off",
+                                 disabled_by=f"{DISABLE_ENV}=off")
     name, cap = "", None
     try:
         name = torch.cuda.get_device_name()
@@ -247,6 +262,8 @@ def decide_fusions(caps: StackCapabilities, *, activation_func: Callable,
     docstring: the rule of each flag and where megatron-core imposes it)."""
     if not caps.cuda:
         return FusionDecision.all_off("no CUDA device")
+    if caps.disabled_by:
+        return FusionDecision.all_off(f"disabled by {caps.disabled_by}")
     on: Dict[str, bool] = {}
     why: Dict[str, str] = {}
 

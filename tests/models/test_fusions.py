@@ -217,3 +217,10 @@ def test_flags_are_exactly_megatron_cores_fields():
     fields = set(TransformerConfig.__dataclass_fields__)
     assert set(FUSION_FLAGS) <= fields
     assert F.silu is get_preset("tiny-llama").activation_func()
+
+
+def test_environment_switch_turns_every_fusion_off():
+    caps = probe_capabilities(cuda=True, environ={"MEGATRON_AR_FUSIONS": "off"})
+    d = get_preset("fanar-star-7b").fusion_decision(BF16, caps)
+    assert caps.cuda and d.enabled == ()
+    assert d.reason("bias_dropout_fusion") == "disabled by MEGATRON_AR_FUSIONS=off"

@@ -42,20 +42,21 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_check_common as common  # noqa: E402
 
 # Part -> (time limit on a GPU in seconds, minimum worth starting).
+# Order = priority when the total budget runs short: (a), (b) first, then (c), then (d).
 PARTS = {
     "env": (60, 20),
     "logits": (120, 40),
-    "train-llama": (150, 60),
-    "train-gemma2": (150, 60),
+    "train-llama": (180, 60),
+    "train-gemma2": (180, 60),
     "perf-fanar-star": (120, 45),
-    "mem-fanar-star": (90, 30),
     "perf-gemma2-9b": (120, 45),
+    "mem-fanar-star": (90, 30),
     "mem-gemma2-9b": (90, 30),
 }
 SLICES = {  # name -> (preset, overrides) of the full-width slices
@@ -137,8 +138,9 @@ def part_env(args) -> dict:
            "capabilities": caps.to_dict(), "fusions_bf16": decisions,
            "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")}
     try:
-        from megatron_ar.training import memory_probe  # noqa: F401
+        import importlib
 
+        importlib.import_module("megatron_ar.training.memory_probe")
         out["memory_probe"] = "importable"
     except Exception as exc:
         out["memory_probe"] = f"not available ({type(exc).__name__}: {exc})"
@@ -337,7 +339,8 @@ def part_perf(args, slice_name: str) -> dict:
     out = {"device": dev, "slice": slice_name, "model": dataclasses.asdict(flop_shape(mc)),
            "seq_length": seq, "micro_batch": 1, "parameters": n_params, "fusions_on": fused,
            "build_s": round(build_s, 1), "warmup_steps": warmup, "step_times_s": times,
-           "median_step_s": step_s, "flops_per_step": flops, "losses": losses,
+           "median_step_s": step_s, "tokens_per_s": seq / step_s, "flops_per_step": flops,
+           "losses": losses,
            "peak_tflops": common.PEAK_TFLOPS}
     if dev == "cuda":
         tp = throughput(flops, step_s, 1, common.PEAK_TFLOPS)

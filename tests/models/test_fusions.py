@@ -14,7 +14,6 @@ from megatron_ar.runtime.fusions import (
     FusionDecision,
     StackCapabilities,
     check_cuda_device_max_connections,
-    decide_fusions,
     overlap_errors,
     probe_capabilities,
 )

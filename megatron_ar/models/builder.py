@@ -82,19 +82,41 @@ def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
 def wrap_with_ddp(chunks: Sequence[torch.nn.Module], use_distributed_optimizer: bool = False,
                   grad_reduce_in_fp32: bool = True, overlap_grad_reduce: bool = False,
                   bucket_size: Optional[int] = None,
-                  fp8_param_gather: bool = False) -> List[torch.nn.Module]:
+                  fp8_param_gather: bool = False,
+                  overlap_param_gather: bool = False) -> List[torch.nn.Module]:
     """Wrap chunks in megatron-core ``DistributedDataParallel`` and install
     ``finalize_model_grads`` (DP reduction, TP all-reduce of sequence-parallel norm grads,
-    tied-embedding all-reduce across pipeline stages)."""
+    tied-embedding all-reduce across pipeline stages).
+
+    Communication overlap is set up as Megatron-LM's ``get_model`` / ``train`` do
+    (megatron/training/training.py): ``overlap_grad_reduce`` installs the chunks' ``no_sync`` /
+    ``start_grad_sync`` as the schedule's ``no_sync_func`` / ``grad_sync_func``;
+    ``overlap_param_gather`` (distributed optimizer and ``overlap_grad_reduce`` required, see
+    :func:`megatron_ar.runtime.fusions.overlap_errors`) all-gathers parameters in forward
+    pre-hooks, aligned across pipeline stages (``align_param_gather`` + ``param_sync_func``)
+    only with virtual stages, where Megatron-LM aligns them. With ``overlap_param_gather`` the
+    optimizer step leaves other ranks' parameter shards stale until the next forward: call
+    ``chunk.start_param_sync(force_sync=True)`` on every chunk before reading weights outside a
+    forward (checkpoint save, export), as Megatron-LM's ``disable_forward_pre_hook`` does."""
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
         finalize_model_grads,
     )
 
+    from megatron_ar.runtime.fusions import overlap_errors
+
+    errors = overlap_errors(use_distributed_optimizer=use_distributed_optimizer,
+                            overlap_grad_reduce=overlap_grad_reduce,
+                            overlap_param_gather=overlap_param_gather)
+    if errors:
+        raise ValueError("wrap_with_ddp: " + "; ".join(f"{k} {m}" for k, m in errors))
+    interleaved = len(chunks) > 1
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=grad_reduce_in_fp32,
         overlap_grad_reduce=overlap_grad_reduce,
+        overlap_param_gather=overlap_param_gather,
+        align_param_gather=overlap_param_gather and interleaved,
         use_distributed_optimizer=use_distributed_optimizer,
         bucket_size=bucket_size,
         fp8_param_gather=fp8_param_gather,  # all-gather fp8 params (needs TE fp8 params)
@@ -106,7 +128,17 @@ def wrap_with_ddp(chunks: Sequence[torch.nn.Module], use_distributed_optimizer: 
             # Only the first chunk may use a bucket for its (possibly shared) embedding.
             disable_bucketing=i > 0,
         ))
-    chunks[0].config.finalize_model_grads_func = finalize_model_grads
+
+    def per_chunk(fns):
+        return fns if interleaved else fns[0]
+
+    config = chunks[0].config
+    config.no_sync_func = per_chunk([w.no_sync for w in wrapped]) if overlap_grad_reduce else None
+    config.grad_sync_func = (per_chunk([w.start_grad_sync for w in wrapped])
+                             if overlap_grad_reduce else None)
+    config.param_sync_func = (per_chunk([w.start_param_sync for w in wrapped])
+                              if ddp_config.align_param_gather else None)
+    config.finalize_model_grads_func = finalize_model_grads
     return wrapped
 
 

@@ -13,15 +13,21 @@ Design choices
   (1+w) norms -> ``layernorm_zero_centered_gamma``, QK-norm -> ``qk_layernorm``); only the rest
   lives in ``megatron_ar.models.modules``.
 - Vocab padding follows Megatron-LM: to a multiple of ``128 * TP`` (``make_vocab_size_divisible_by``).
+- megatron-core's fusion flags are a :class:`~megatron_ar.runtime.fusions.FusionDecision`
+  passed to :meth:`ModelConfig.to_transformer_config` (decided from the installed stack when
+  not given), so the device-specific probing stays in ``runtime`` and tests can drive it.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import torch
+
+if TYPE_CHECKING:
+    from megatron_ar.runtime.fusions import FusionDecision, StackCapabilities
 
 ACTIVATIONS = ("swiglu", "geglu_tanh", "relu2", "gelu")
 NORMS = ("rmsnorm", "rmsnorm_one_plus", "rmsnorm_noparam")
@@ -200,13 +206,16 @@ class ModelConfig:
         sequence_parallel: bool = False,
         params_dtype: torch.dtype = torch.float32,
         use_cpu_initialization: Optional[bool] = None,
+        fusions: Optional["FusionDecision"] = None,
         **overrides: Any,
     ):
         """megatron-core ``TransformerConfig`` for this architecture and parallel layout.
 
-        ``params_dtype`` bf16/fp16 also turns on the matching mixed-precision flag. Fusions that
-        need CUDA kernels are off on the CPU; ``overrides`` are passed through last (e.g.
-        ``recompute_granularity``, ``hidden_dropout``).
+        ``params_dtype`` bf16/fp16 also turns on the matching mixed-precision flag.
+        ``fusions``: the megatron-core fusion flags as data (:class:`FusionDecision`); None
+        decides them from the installed stack (:meth:`fusion_decision`; all off without CUDA)
+        and prints the one-line decision on rank 0 of a CUDA run. ``overrides`` are passed
+        through last (e.g. ``recompute_granularity``, ``hidden_dropout``).
         """
         from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -259,19 +268,34 @@ class ModelConfig:
             fp16=params_dtype == torch.float16,
             use_cpu_initialization=(not on_gpu) if use_cpu_initialization is None
             else use_cpu_initialization,
-            # CUDA-only fusions; megatron-core picks torch fallbacks when these are off.
-            bias_activation_fusion=False,
-            bias_dropout_fusion=False,
-            # The fused causal-softmax kernel ignores window_size (mcore 0.16) and needs an
-            # extension the wheel lacks; the local path uses torch softmax, TE has its own.
-            masked_softmax_fusion=False,
-            apply_rope_fusion=False,
-            gradient_accumulation_fusion=False,
-            persist_layer_norm=False,
             attention_softmax_in_fp32=True,
             # Unbatched p2p on gloo: megatron-core's batched p2p swaps same-shape activations
             # and gradients there when prev == next peer (see megatron_ar.compat.p2p).
             batch_p2p_comm=batch_p2p_comm(on_gpu),
         )
+        if fusions is None:
+            from megatron_ar.runtime.fusions import announce_fusions
+
+            fusions = self.fusion_decision(params_dtype)
+            if fusions.enabled or on_gpu:
+                announce_fusions(fusions)
+        # CUDA-only fusions (megatron-core picks torch fallbacks when off); the rule of each
+        # flag is in megatron_ar.runtime.fusions.
+        kwargs.update(fusions.transformer_config_kwargs())
         kwargs.update(overrides)
         return TransformerConfig(**kwargs)
+
+    def fusion_decision(self, params_dtype: torch.dtype = torch.float32,
+                        capabilities: Optional["StackCapabilities"] = None) -> "FusionDecision":
+        """megatron-core fusions for this architecture on ``capabilities`` (default: the
+        installed stack, :func:`megatron_ar.runtime.fusions.probe_stack`)."""
+        from megatron_ar.runtime.fusions import decide_fusions, probe_stack
+
+        return decide_fusions(
+            probe_stack() if capabilities is None else capabilities,
+            activation_func=self.activation_func(),
+            gated_linear_unit=self.gated,
+            add_bias_linear=self.add_bias_linear,
+            sliding_window=self.sliding_window is not None,
+            params_dtype=params_dtype,
+        )

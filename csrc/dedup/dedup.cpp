@@ -1,5 +1,5 @@
 // megatron_ar._ext.dedup: exact hashing, MinHash signatures, LSH band keys and union-find
-// clustering for document deduplication (issue 3, item 4).
+// clustering for document deduplication.
 //
 // Design choices (why):
 // * Every hash is defined in closed form (FNV-1a 64 folded, then the MurmurHash3 64-bit

@@ -1,8 +1,7 @@
 """Multi-phase curricula with exact sample accounting over Megatron ``.bin/.idx`` datasets.
 
 Global sample index -> (phase, dataset, epoch, sample of that epoch, document ids, token ranges)
-is a pure function of the recipe's data section, the ``.idx`` files and the seed (issue 5,
-items 3 and 6). Megatron-LM, Megatron-Bridge and torchtitan blend datasets but have no phases
+is a pure function of the recipe's data section, the ``.idx`` files and the seed. Megatron-LM, Megatron-Bridge and torchtitan blend datasets but have no phases
 with epoch-exact accounting; this module adds exactly that on top of megatron-core.
 
 Design choices

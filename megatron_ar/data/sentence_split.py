@@ -1,10 +1,11 @@
-"""Sentence splitting for ``tools/preprocess_data.py --split-sentences`` (issue 3, item 5).
+"""Sentence splitting for ``tools/preprocess_data.py --split-sentences``.
 
 Design choices (why):
 
 * Megatron-LM splits with NLTK punkt only (and downloads its data at start-up). Punkt has no
   Arabic model and the download is impossible offline, so Arabic text is split by rules: a
-  sentence ends after a run of ``. ! ? … ۔`` or the Arabic ``، ؛ ؟`` (as the issue asks) followed
+  sentence ends after a run of ``. ! ? … ۔`` or the Arabic ``، ؛ ؟`` (the Arabic comma included:
+  Arabic prose often runs one sentence per comma) followed
   by whitespace (closing quotes/brackets stay with the sentence), and at line breaks. "3.5" or
   "١٫٥" never split because no whitespace follows the mark.
 * English (any punkt language) uses punkt when its data is installed (``punkt_tab`` for NLTK

@@ -3,7 +3,7 @@
 Design choices
 - One flat dataclass of architecture options covers Llama (Fanar Star), Gemma-2 (Fanar Prime)
   and nanochat-style GPTs: every model difference is an option read by the one spec builder
-  (``megatron_ar.models.spec``), never a subclass (layout.md, issue 2).
+  (``megatron_ar.models.spec``), never a subclass.
 - Parallelism, precision and initialisation are *not* architecture: they are arguments of
   :meth:`ModelConfig.to_transformer_config`, so one preset serves every TP/PP layout.
 - Validation happens in ``__post_init__``; each error names the offending field

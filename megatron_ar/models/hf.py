@@ -5,7 +5,7 @@ Supported: ``LlamaForCausalLM`` (family ``llama``) and ``Gemma2ForCausalLM`` (fa
 Design choices
 - :func:`weight_table` is the single description of how HF tensors map to megatron names
   (NAMES.md); both directions (:func:`hf_to_megatron`, :func:`megatron_to_hf`) and the streaming
-  converter in ``megatron_ar.checkpoint`` are driven by it (layout.md: one mapping table per
+  converter in ``megatron_ar.checkpoint`` are driven by it (one mapping table per
   architecture, no twin loops). Each entry is (megatron name, HF names, kind) with kind
   ``copy``, ``qkv`` (q/k/v -> megatron-core's grouped-per-query-group ``linear_qkv``) or ``fc1``
   (gate/up -> ``[gate; up]``). Tensors are transformed one entry at a time, so a caller can

@@ -3,7 +3,7 @@
 Design choices
 - A single function, :func:`layer_spec`, reads the architecture options and picks modules; the
   backend (local vs TE) only swaps the linear/norm/attention classes, the structure is shared
-  (no twin code paths; layout.md "a model difference is a spec option").
+  (no twin code paths: a model difference is a spec option).
 - The TE variant is chosen automatically when ``transformer_engine`` imports and CUDA is
   available (:func:`te_available`); on CPU it is never used. It follows megatron-core's
   ``get_gpt_layer_with_transformer_engine_spec``: the pre-norms are fused into

@@ -1,4 +1,4 @@
-"""Exact, URL and MinHash-LSH near deduplication of JSONL corpora (issue 3, item 4).
+"""Exact, URL and MinHash-LSH near deduplication of JSONL corpora.
 
 The heavy lifting (hashing, MinHash signatures, LSH band keys, union-find clustering) is the C++
 extension ``megatron_ar._ext.dedup`` (csrc/dedup/dedup.cpp, multi-threaded). This module is the
@@ -125,7 +125,7 @@ _NORMALIZER = None
 
 
 def _arabic_normalizer():
-    """megatron_ar.text.normalize's matching-key folding (item 2): Fanar's defaults plus alef /
+    """megatron_ar.text.normalize's matching-key folding: Fanar's defaults plus alef /
     alef maqsura / teh marbuta / Persian-letter unification, ASCII digits, whitespace."""
     global _NORMALIZER
     if _NORMALIZER is None:

@@ -1,4 +1,4 @@
-"""Threshold filtering on quality signals (``tools/filter_data.py``; issue 3, item 3).
+"""Threshold filtering on quality signals (``tools/filter_data.py``).
 
 A rules file (YAML) lists thresholds on the signals of :mod:`megatron_ar.text.signals`::
 

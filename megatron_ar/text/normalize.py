@@ -1,4 +1,4 @@
-"""Arabic text normalization for pre-training data (issue 3, item 2; Fanar report section 4).
+"""Arabic text normalization for pre-training data (Fanar report, section 4).
 
 Every step is an option of :class:`ArabicNormalizeConfig`; :func:`build_normalizer` compiles the
 enabled steps once into one character table (applied with C-speed ``str.replace`` for the

@@ -1,4 +1,4 @@
-"""RedPajama-V2-style document quality signals, adapted to Arabic (issue 3, item 3).
+"""RedPajama-V2-style document quality signals, adapted to Arabic.
 
 :func:`compute_signals` returns a flat ``{name: float}`` dict; :data:`SIGNALS` documents every
 signal. Where RedPajama-V2 (RPv2; Weber et al. 2024, github.com/togethercomputer/RedPajama-Data,

@@ -202,7 +202,7 @@ def _read_inputs(paths: Iterable[str], text_key: str) -> dict[str, list[str]]:
 def evaluate_tokenizers(tokenizer_paths: list[str], inputs: list[str],
                         gold_path: Optional[str] = None, text_key: str = "text",
                         batch_size: int = 256, show_progress: bool = False) -> dict:
-    """Evaluate every tokenizer on the same inputs; returns the issue-4 JSON summary."""
+    """Evaluate every tokenizer on the same inputs; returns the JSON summary."""
     from tqdm import tqdm
 
     docs = _read_inputs(inputs, text_key)

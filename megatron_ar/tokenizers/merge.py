@@ -1,4 +1,4 @@
-"""Combine byte-level BPE tokenizers into one of a target size (issue 4 item 1; Fanar report
+"""Combine byte-level BPE tokenizers into one of a target size (Fanar report
 section 5: a 32K English/code tokenizer + a 45K Arabic one, infrequent merges pruned, into
 76,800 = 75 x 1024).
 

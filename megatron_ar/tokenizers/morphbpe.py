@@ -1,4 +1,4 @@
-"""MorphBPE and plain byte-level BPE training on the HF ``tokenizers`` trainer (issue 4 item 1).
+"""MorphBPE and plain byte-level BPE training on the HF ``tokenizers`` trainer.
 
 MorphBPE (Fanar report section 5, Algorithm 1): words are segmented into morphemes first, and
 BPE counts pairs and merges only *inside* a morpheme.
@@ -20,7 +20,8 @@ Design choices:
   unsplit ``وجد`` fires on ``و+جدار``). The guarantee is on the *learned vocabulary* w.r.t. the
   training segmentation; run-time alignment is measured (Morphological Alignment Score, see
   :mod:`megatron_ar.tokenizers.evaluate`), not guaranteed. A segmenting pre-tokenizer would
-  guarantee it but would need custom code at load time, which the issue rules out.
+  guarantee it but would need custom code at load time (a tokenizer.json that plain
+  `tokenizers`/`transformers` cannot load), which we rule out.
 - **Byte-level BPE** (GPT-2 byte alphabet): any text (emoji, Chinese) encodes, and
   decode(encode(x)) == x; no normalizer at run time so the round trip is exact.
 - **Pre-tokenization** splits letter runs *including combining marks* (``\\p{L}\\p{M}``), so a

@@ -1,6 +1,6 @@
 """Vocabulary pruning of a byte-fallback BPE tokenizer (Fanar Prime: Gemma-2 256,000 -> 128,256).
 
-Fanar report section 6.4 / issue 4 item 3. ``tools/prune_vocab.py`` is the CLI over
+Fanar report, section 6.4. ``tools/prune_vocab.py`` is the CLI over
 :func:`prune_vocab`; :mod:`megatron_ar.tokenizers.prune_checkpoint` rewrites the model rows.
 
 What is kept, in this order (the rest is dropped):

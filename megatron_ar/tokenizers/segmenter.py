@@ -1,4 +1,4 @@
-"""Arabic clitic segmentation for MorphBPE training (Fanar report section 5, issue 4).
+"""Arabic clitic segmentation for MorphBPE training (Fanar report, section 5).
 
 A segmenter maps one word to its *surface* morphemes: ``segment(w)`` returns strings whose
 concatenation is exactly ``w`` (diacritics stay attached to the letter they follow). MorphBPE

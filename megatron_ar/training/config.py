@@ -5,7 +5,7 @@ Design choices
   ``optimizer``, ``schedule``, ``data``, ``checkpoint``, ``eval``, ``logging``). Field names are
   Megatron-LM's argument names (``micro_batch_size``, ``lr_warmup_iters``, ``save_interval``...),
   so every field has a natural command-line spelling ``--micro-batch-size``; users coming from
-  Megatron-LM keep their flags (issue 5, item 1). A field can also be addressed by its dotted
+  Megatron-LM keep their flags. A field can also be addressed by its dotted
   path (``--optimizer.lr 3e-4``), which is unambiguous and is what error messages print.
 - Validation errors always name the key (``optimizer.lr``) and, for YAML input, the file and line
   (we keep the YAML node marks), because a typo in a 200-line recipe must be findable.

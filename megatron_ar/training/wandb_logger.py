@@ -1,6 +1,6 @@
 """Weights & Biases logging callback: the same per-step scalars as TensorBoard, the resolved
-config, one process, one wandb run across checkpoint resumes (issue 5, item 7: "tensorboard
-always, wandb if installed and configured").
+config, one process, one wandb run across checkpoint resumes (TensorBoard always, wandb when
+installed and configured).
 
 Design choices
 - Configured means ``logging.wandb_project`` is set (Megatron-LM's ``--wandb-project``; also

@@ -1,4 +1,4 @@
-"""Multi-phase curricula: exact sample accounting over real .bin/.idx data (issue 5, items 3, 6).
+"""Multi-phase curricula: exact sample accounting over real .bin/.idx data .
 
 Data: real hadith Arabic / English, Quran verses and Python documentation, tokenized byte-level
 (UTF-8 bytes + an EOD id 256) and written with megatron-core's IndexedDatasetBuilder. The byte

@@ -1,4 +1,4 @@
-"""Dedup (issue 3, item 4) on real hadith texts with controlled near-copies.
+"""Dedup on real hadith texts with controlled near-copies.
 
 The oracle is the exact Jaccard of the shingle sets, computed here with Python sets; datasketch's
 MinHash / MinHashLSH on the same shingles and (bands, rows) is the reference implementation.

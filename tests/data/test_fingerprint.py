@@ -1,5 +1,5 @@
-"""The curriculum fingerprint covers ``.bin`` content (issue 5, item 3: "a resumed run fails
-loudly if the data changed under it"): a token file rewritten in place with the same size.
+"""The curriculum fingerprint covers ``.bin`` content (a resumed run must fail loudly when the
+data changed under it): a token file rewritten in place with the same size.
 
 The dataset is an 8 MiB ``.bin`` (4M uint16 tokens in 2,000 documents, written with megatron-core's
 ``IndexedDatasetBuilder``), big enough that ``sampled`` mode leaves unsampled gaps. Oracles: the

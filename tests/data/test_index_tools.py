@@ -1,4 +1,4 @@
-"""Index tools (issue 3, item 5): dataset_info, merge_datasets, dump_document.
+"""Index tools: dataset_info, merge_datasets, dump_document.
 
 Datasets are made from real hadiths with the real Mistral SentencePiece model; expectations
 come from sentencepiece itself and from megatron-core's IndexedDataset.

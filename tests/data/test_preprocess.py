@@ -1,4 +1,4 @@
-"""tools/preprocess_data.py (issue 3, item 5): Megatron-LM byte format, round trips, errors,
+"""tools/preprocess_data.py: Megatron-LM byte format, round trips, errors,
 resume after a kill.
 
 Oracle: a reference built in the test with megatron-core's IndexedDatasetBuilder from

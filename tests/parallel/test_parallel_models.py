@@ -6,7 +6,7 @@ step). Two launches serve all assertions (module fixtures): 2 ranks (TP=1, TP=2+
 and without virtual stages, DP=2, distributed optimizer at DP=2) and 4 ranks (TP=2 x PP=2,
 distributed optimizer at TP=2 x DP=2, nanochat-style model at TP=2+SP x PP=2).
 
-Tolerances (issue 2): logits <= 1e-4 max abs vs HF; loss and each gradient tensor
+Tolerances: logits <= 1e-4 max abs vs HF; loss and each gradient tensor
 <= 1e-5 relative (max abs error / max abs value of the reference tensor).
 Optimizer step: Adam's first step is ~lr*sign(g); fp32 reduction-order noise (~1e-7 relative)
 on gradients much smaller than eps would flip signs, so eps=1e-3 (>> gradient noise) keeps the
@@ -114,7 +114,7 @@ def world2(payload):
 
 @pytest.fixture(scope="module")
 def world4(payload):
-    # 4 processes: TP=2 x PP=2 cannot be done with fewer (issue 2 asks for it explicitly).
+    # 4 processes: TP=2 x PP=2 cannot be done with fewer.
     return _launch(workers.suite_world4, 4, payload)
 
 

@@ -1,4 +1,4 @@
-"""MorphBPE training on real Arabic (Sahih al-Bukhari): the issue-4 property tests."""
+"""MorphBPE training on real Arabic (Sahih al-Bukhari): its defining properties."""
 from __future__ import annotations
 
 import json

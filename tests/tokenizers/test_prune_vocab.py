@@ -1,4 +1,4 @@
-"""Gemma vocabulary pruning (issue 4 item 3) on the real Gemma 256k tokenizer and real text.
+"""Gemma vocabulary pruning (Fanar report, section 6.4) on the real Gemma 256k tokenizer and real text.
 
 Oracles: the original HF tokenizer (ids, via ``tokenizers``), transformers ``AutoTokenizer`` and
 ``AutoModelForCausalLM`` (a random tiny Gemma-2 with the full 256,000 vocabulary), and the

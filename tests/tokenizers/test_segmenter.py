@@ -76,7 +76,7 @@ def test_unknown_segmenter_named():
 
 
 def test_farahidi_plugin_examples(farahidi_segmenter):
-    # test-material.md: وبالمدرسة -> وَبِال + مِدْرَسَة ; لمدرستهم -> لَ + مِدْرَسَة + هُمْ
+    # farahidi's documented segmentations: وبالمدرسة -> وَبِال + مِدْرَسَة ; لمدرستهم -> لَ + مِدْرَسَة + هُمْ
     assert farahidi_segmenter.segment("وبالمدرسة") == ["و", "ب", "ال", "مدرسة"]
     assert farahidi_segmenter.segment("لمدرستهم") == ["ل", "مدرست", "هم"]
     assert farahidi_segmenter.segment("،") == ["،"]

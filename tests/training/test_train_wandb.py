@@ -1,4 +1,4 @@
-"""wandb logging (issue 5, item 7): a real 2-process training run (TP1 x PP2) logs to wandb in
+"""wandb logging: a real 2-process training run (TP1 x PP2) logs to wandb in
 offline mode; we read back what wandb recorded (its own ``.wandb`` transaction log, decoded with
 wandb's protobuf ``Record`` schema) and compare it with metrics.jsonl and TensorBoard.
 

@@ -6,7 +6,7 @@ The GPU machine has neither our test material nor a network, so this builds, und
 (git-ignored, a few MB):
 1. ``corpus/``: a small Arabic / English / code corpus from the locally installed text packages,
    its MorphBPE tokenizer (2,048 tokens) and ``.bin/.idx`` datasets, with megatron_ar's own
-   quickstart builder (``megatron_ar.training.quickstart.build_quickstart_data``).
+   quickstart builder (``python -m examples.quickstart.build_data``).
 2. ``<model>/hf``: a random tiny HF checkpoint per model (transformers ``LlamaForCausalLM`` /
    ``Gemma2ForCausalLM`` from ``to_hf_config`` of the ``tiny-llama`` / ``tiny-gemma2`` presets,
    HF's initialisation, seed 0), and ``<model>/megatron``: it converted with
@@ -32,10 +32,17 @@ import gpu_check_common as common  # noqa: E402
 
 
 def build_corpus(folder: str) -> dict:
-    from megatron_ar.training.quickstart import build_quickstart_data
+    """The quickstart's corpus builder (its documented command, run from the repository root:
+    examples/ is a demo folder, not an installed package)."""
+    import subprocess
 
-    out = build_quickstart_data(os.path.join(folder, "corpus"), vocab_size=common.VOCAB,
-                                n_ar=300, n_en=300, n_code=12, n_valid=16)
+    cmd = [sys.executable, "-m", "examples.quickstart.build_data", "--out",
+           os.path.join(os.path.abspath(folder), "corpus"), "--vocab-size", str(common.VOCAB),
+           "--n-ar", "300", "--n-en", "300", "--n-code", "12", "--n-valid", "16", "--json"]
+    res = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
     shutil.rmtree(os.path.join(folder, "corpus", "jsonl"), ignore_errors=True)  # not needed
     return out
 

@@ -93,7 +93,7 @@ def test_compare_cli_single_process_exit_status(setup):
     the CLI must report the logit change transformers itself measures between the two copies."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_ar.checkpoint.compare import tokens_from_text
+    from megatron_ar.tokenizers.io import tokens_from_text
 
     root, dirs, _ = setup
     hf, meg = dirs["gemma2"]

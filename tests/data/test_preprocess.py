@@ -108,7 +108,7 @@ def test_matches_megatron_core_reference_and_round_trips(tmp_path, files, record
             assert tok.detokenize(got[:-1].tolist()) == records[order[pos]][key]
     assert s["documents"] == 90 and s["tokens"] == total
     assert s["bytes"] == sum(len(r[k].encode()) for r in records for k in ("text", "en"))
-    assert s["encoder"] == ["hf-encode_batch"] and 0 < s["seconds"] <= wall
+    assert s["encoder"] == ["hf-encode_batch"] and 0 < s["seconds"] <= wall + 5e-4  # the summary rounds to ms
     assert not os.path.exists(str(tmp_path / "ours.work"))  # work dir removed on success
 
 

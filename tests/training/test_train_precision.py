@@ -301,12 +301,14 @@ def test_fp8_keys_map_like_megatron_lm(argv, tmp_path):
 
 
 def test_fp8_and_precision_aware_optimizer_without_te_name_the_key(tmp_path, monkeypatch):
-    from megatron_ar.training.builder import _te_importable, build_run, transformer_overrides
+    from megatron_ar.models.spec import te_available
+    from megatron_ar.training.builder import build_run, transformer_overrides
     from megatron_ar.training.config import ConfigError, load_config
 
     # Transformer Engine made unimportable, so the outcome does not depend on the machine
     monkeypatch.setitem(sys.modules, "transformer_engine", None)
-    assert not _te_importable()
+    te_available.cache_clear()
+    assert not te_available()
     text = "model: {preset: tiny-llama, seq_length: 64}\n"
     cfg = load_config(text=text, overrides=["--bf16", "--fp8-format", "hybrid"])
     with pytest.raises(ConfigError, match=r"^optimizer\.fp8_format: fp8 needs Transformer Engine"):

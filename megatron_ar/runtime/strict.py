@@ -6,8 +6,9 @@ so on its own it cannot see the commonest GPU bug: a tensor left on the CPU (a b
 model, a loss all-reduced over NCCL). In strict mode every tensor carries a *placement*:
 
 - ``DEVICE``: allocated for the (emulated) GPU: a factory call with ``device="cuda[:i]"``, an int
-  ordinal or ``torch.cuda.current_device()``, ``.to("cuda")``, ``.cuda()``, or computed from a
-  device tensor;
+  ordinal, ``torch.cuda.current_device()`` (the layer's ``EMULATED_CUDA_ORDINAL``) or
+  :func:`megatron_ar.runtime.current_device` (``EMULATED_CUDA_DEVICE``), ``.to("cuda")``,
+  ``.cuda()``, or computed from a device tensor;
 - ``HOST``: created on the CPU on purpose: a factory call without device or with ``"cpu"``,
   ``torch.from_numpy``/``torch.frombuffer``, ``.cpu()``, ``.to("cpu")``;
 - ``UNKNOWN``: created where no torch function is visible (gradients made by the autograd engine,
@@ -37,14 +38,16 @@ Design choices and trade-offs
   ``DEVICE`` if any input is ``DEVICE``; else ``HOST`` if any non-0-dim input is ``HOST``; else
   ``UNKNOWN`` if any input is untagged; else ``HOST`` (factories, 0-dim CPU scalars only). An
   explicit ``device=`` keyword wins.
-- ``Tensor.device`` of a tagged tensor is one of three shared ``torch.device("cpu")`` objects, one
-  per placement, so the ubiquitous ``torch.empty(..., device=x.device)`` keeps ``x``'s placement
-  (identity check); a ``torch.device("cpu")`` built by the caller means ``HOST``. Everything that
+- ``Tensor.device`` of a CPU tensor is one of three shared ``torch.device("cpu")`` objects, one
+  per placement (``EMULATED_CUDA_DEVICE`` for ``DEVICE``), so the ubiquitous
+  ``torch.empty(..., device=x.device)`` keeps ``x``'s placement (identity check); a
+  ``torch.device("cpu")`` built by the caller means ``HOST``; meta tensors report ``meta``. Everything that
   inspects ``.device``/``.is_cuda`` still sees a CPU tensor (gloo and the CPU kernels need that).
 - Legal mixes (what CUDA accepts), kept small: 0-dim CPU tensors with device tensors (CUDA takes
   CPU scalars); ``copy_``/``to``/``.data = ...`` (cross-device copies and moves); CPU index
-  tensors in ``device_tensor[idx]`` and ``__setitem__`` (advanced indexing moves CPU indices);
-  ``.item()``/``.tolist()``.
+  tensors in ``device_tensor[idx]``, ``__setitem__`` and ``index_put_`` (advanced indexing moves
+  CPU indices); ``.item()``/``.tolist()``; metadata queries (``_has_compatible_shallow_copy_type``,
+  ``is_same_size``).
 - ``Tensor.grad`` gets its parameter's placement (the autograd engine makes gradients where no
   torch function is visible); so do the results of ``torch.autograd.grad`` for their inputs, and a
   ``torch.nn.Parameter`` gets its data's placement. ``.cuda()``/``.to("cuda")`` of a CPU tensor
@@ -55,9 +58,14 @@ Design choices and trade-offs
   ``dist_reduce_scatter_func`` aliases, re-bound here). torch's own internals are not wrapped:
   the object collectives (``all_gather_object``, ``broadcast_object_list``) place their byte
   tensors on the group's device themselves.
-- Blind spots: ``UNKNOWN`` tensors never raise (gradients inside custom autograd backward
-  functions, data made in other threads); ``x.get_device()`` returns -1 on the CPU; a tensor whose
-  ``.device`` object was copied (``torch.device(x.device)``) reads as ``HOST``.
+- Blind spots: ``UNKNOWN`` tensors never raise (data made in other threads or unpickled before
+  the layer was installed). The backward pass is not seen: torch 2.13 dispatches
+  ``torch.autograd.backward`` itself through the mode, and a mode is off while it handles a call,
+  so the autograd engine runs outside it (its ops are neither checked nor tagged; gradients are
+  tagged when read through ``.grad``; collectives issued in backward are still checked, the
+  wrappers live in the ``torch.distributed`` namespace). ``x.get_device()`` returns -1; a device
+  object rebuilt from another (``torch.device(x.device)``, ``Module.to(device)``'s parsing) reads
+  as ``HOST``, which is why :func:`megatron_ar.runtime.module_to_device` uses ``Module.cuda``.
 - Cost: every op already pays the CPU layer's ``__torch_function__`` hop; strict mode adds a dict
   lookup, a scan of the arguments and an attribute store per op (measured in the package tests'
   notes and the module :func:`overhead` helper's docstring).
@@ -396,6 +404,19 @@ def _grad_set(mode, func, args, kwargs):
     return func(*args, **kwargs)
 
 
+def _index_put(mode, func, args, kwargs):
+    # self[indices] = values: CPU index tensors are fine on a device tensor; values are not.
+    t, values = args[0], (args[2] if len(args) > 2 else kwargs.get("values"))
+    if isinstance(values, _Tensor):
+        bits = _bits(t) | _bits(values)
+        if bits & _B_DEV and bits & _B_HOST:
+            _raise(_op_name(func), _mix_problem((t, values), None))
+    out = func(*args, **kwargs)
+    if out is not t:
+        _set(out, getattr(t, TAG))
+    return out
+
+
 def _copy(mode, func, args, kwargs):
     return func(*args, **kwargs)  # cross-device copies are legal; dst keeps its placement
 
@@ -417,7 +438,8 @@ def _autograd_grad(mode, func, args, kwargs):
 
 
 def _device_get(mode, func, args, kwargs):
-    return _DEVICE_OBJ[getattr(args[0], TAG)]
+    dev = func(*args, **kwargs)
+    return _DEVICE_OBJ[getattr(args[0], TAG)] if dev.type == "cpu" else dev  # meta stays meta
 
 
 def _tensor_type(mode, func, args, kwargs):
@@ -460,6 +482,8 @@ def _special_table() -> Dict[Any, Any]:
         T.__getitem__: _getitem,
         T.__setitem__: _setitem,
         T.copy_: _copy,
+        T.index_put_: _index_put,
+        T.index_put: _index_put,
         base.data.__set__: _data_set,
         base.grad.__get__: _grad_get,
         base.grad.__set__: _grad_set,
@@ -646,6 +670,8 @@ def _from_numpy_wrapper(orig):
 
 
 def _parameter_new():
+    """``Parameter.__new__`` giving the parameter its data's placement (``Parameter(t)`` makes a
+    new tensor object where no torch function is visible)."""
     orig = torch.nn.Parameter.__dict__["__new__"]
     fn = orig.__func__ if isinstance(orig, staticmethod) else orig
 
@@ -655,7 +681,7 @@ def _parameter_new():
             _set(out, getattr(data, TAG, UNKNOWN))
         return out
 
-    return orig, staticmethod(__new__)
+    return staticmethod(__new__)
 
 
 def _getstate(self):
@@ -679,7 +705,7 @@ def strict_patches() -> List[Tuple[Any, str, Any]]:
         (torch.Tensor, "__getstate__", _getstate),
         (torch, "from_numpy", _from_numpy_wrapper(torch.from_numpy)),
         (torch, "frombuffer", _from_numpy_wrapper(torch.frombuffer)),
-        (torch.nn.Parameter, "__new__", _parameter_new()[1]),
+        (torch.nn.Parameter, "__new__", _parameter_new()),
     ]
     wrappers = {}
     for name in _COLLECTIVES:

@@ -167,6 +167,9 @@ def test_legal_mixes_pass(strict):
     assert placement(d[idx]) == DEVICE and torch.equal(d[idx].cpu(), d.cpu()[idx])
     d[idx] = 7.0
     d[torch.tensor([True, False, False, False])] = torch.tensor([5.0])
+    assert placement(d.index_put((torch.tensor([1]),), torch.tensor(3.0))) == DEVICE
+    with pytest.raises(DeviceMismatchError, match="index_put_"):
+        d.index_put_((torch.tensor([1]),), torch.ones(1))
     assert d.tolist()[0] == 5.0 and d.tolist()[2] == 7.0
     assert isinstance(d.sum().item(), float)
     assert placement(torch.tensor([d.sum().item(), 1.0])) == HOST  # torch.tensor(data): CPU
@@ -193,6 +196,7 @@ def test_placements_of_factories_and_moves(strict):
     assert placement(torch.empty(2, device=d.device)) == DEVICE  # device=x.device idiom
     assert placement(torch.empty(2, device=h.device)) == HOST
     assert placement(torch.empty(2, device="cpu")) == HOST
+    assert torch.empty(2, device="meta").device.type == "meta"  # only CPU devices are marked
     assert placement(torch.zeros_like(h, device="cuda")) == DEVICE
     assert placement(d.new_zeros(3)) == DEVICE
     assert placement(torch.from_numpy(np.ones(2))) == HOST

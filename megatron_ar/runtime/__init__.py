@@ -7,7 +7,7 @@ Public API
   (:mod:`megatron_ar.runtime.distributed`): torch.distributed + megatron-core parallel state.
 - :func:`run_multiprocess` / :class:`MultiprocessError` / :func:`find_free_port`
   (:mod:`megatron_ar.runtime.spawn`): run a function on N spawned ranks, collect results.
-- :func:`default_device`: ``cuda:<i>`` on GPUs, else CPU (the physical device).
+- :func:`default_device`: the same as :func:`current_device` (kept for callers of the old name).
 - :func:`strict_device_emulation` / :class:`DeviceMismatchError`
   (:mod:`megatron_ar.runtime.strict`): strict device emulation, where CPU tensors that would be
   on the wrong device on a GPU raise.

@@ -295,9 +295,10 @@ def strict_device_emulation() -> bool:
 
 
 def default_device() -> torch.device:
-    """The device megatron-core work goes to: ``cuda:<local rank>`` on GPUs, else the CPU."""
-    if torch.cuda.is_available() and not _STATE["installed"]:
-        return torch.device("cuda", torch.cuda.current_device())
-    return _CPU
+    """The device megatron-core work goes to: :func:`megatron_ar.runtime.device.current_device`
+    (``cuda:<i>`` on GPUs; under this layer a CPU device, the emulated GPU)."""
+    from megatron_ar.runtime.device import current_device
+
+    return current_device()
 
 

@@ -22,6 +22,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import material  # noqa: E402
 
+# Strict device emulation for the whole session (spawned ranks and torchrun workers inherit the
+# variable): tensors on the wrong device for a GPU run raise (megatron_ar.runtime.strict).
+os.environ.setdefault("MEGATRON_AR_STRICT_DEVICE", "1")
+
 TIERS = {
     "unit": "no process group, seconds per test (bash tests/run.sh --fast runs only these)",
     "multiproc": "spawns process groups (run_multiprocess, torchrun) or training jobs",

@@ -5,8 +5,8 @@ Design choices
   (the parallel state set by :func:`megatron_ar.runtime.init_distributed`), weights from
   :func:`megatron_ar.checkpoint.load_into_model` (megatron-core ``dist_checkpointing``, resharded
   on load), logits from megatron-core's forward-only pipeline schedule gathered over TP
-  (:func:`megatron_ar.models.forward_logits`), vocab padding stripped. This is the path training
-  uses, so a pass here means training starts from the HF weights.
+  (:func:`megatron_ar.models.step.forward_logits`, the training step), vocab padding stripped.
+  This is the path training uses, so a pass here means training starts from the HF weights.
 - The oracle is ``transformers``' ``AutoModelForCausalLM`` in fp32 with eager attention (what
   HF itself uses for Gemma-2 soft-capping), run on one rank only (the first rank of the last
   pipeline stage, which holds the gathered logits); the numbers are broadcast so every rank
@@ -63,7 +63,8 @@ def compare_with_hf(hf_dir: str, megatron_dir: str, token_batches: Sequence[torc
     from megatron.core import parallel_state
 
     from megatron_ar.checkpoint.megatron_io import load_into_model, read_checkpoint_info
-    from megatron_ar.models.builder import build_model, forward_logits
+    from megatron_ar.models.builder import build_model
+    from megatron_ar.models.step import forward_logits
 
     if not token_batches:
         raise ValueError("compare_with_hf: no token batches")
@@ -79,9 +80,8 @@ def compare_with_hf(hf_dir: str, megatron_dir: str, token_batches: Sequence[torc
     src = flags.index(True)
     names = list(names) if names is not None else [f"batch{i}" for i in range(len(token_batches))]
     mega = []
-    device = next(chunks[0].parameters()).device  # cuda under nccl, cpu under gloo
-    for tokens in token_batches:
-        out = forward_logits(chunks, tokens.to(device), vocab_size=cfg.vocab_size)
+    for tokens in token_batches:  # the forward step moves them to the device
+        out = forward_logits(chunks, tokens, vocab_size=cfg.vocab_size)
         if reporter:
             mega.append(out.float().cpu())  # the HF oracle runs on the CPU
     del chunks

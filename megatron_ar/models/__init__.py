@@ -8,8 +8,9 @@ Public API (all importable from ``megatron_ar.models``)
   ``hf_to_megatron``, ``megatron_to_hf``, ``entry_to_megatron``, ``entry_to_hf``,
   ``expected_shape``                                                        (models.hf)
 - ``layer_spec``, ``block_spec``, ``final_norm_spec``, ``te_available``      (models.spec)
-- ``build_model``, ``build_model_chunk``, ``wrap_with_ddp``, ``run_forward_backward``,
-  ``forward_logits``, ``split_batch``, ``unwrap``                           (models.builder)
+- ``build_model``, ``build_model_chunk``, ``wrap_with_ddp``, ``unwrap``    (models.builder)
+- ``StepSpec``, ``forward_step``, ``run_schedule``, ``run_forward_backward``, ``forward_logits``,
+  ``split_batch``, ``global_sums``                                          (models.step)
 - ``load_full_state_dict``, ``gather_full_state_dict``, ``iter_global_params`` (models.sharding)
 
 Names are resolved lazily (PEP 562), so ``import megatron_ar.models`` and the info CLI do not
@@ -26,8 +27,10 @@ _EXPORTS = {
                               "entry_to_hf", "expected_shape"),
     "megatron_ar.models.spec": ("layer_spec", "block_spec", "final_norm_spec", "te_available"),
     "megatron_ar.models.builder": ("build_model", "build_model_chunk", "wrap_with_ddp",
-                                   "run_forward_backward", "forward_logits", "split_batch",
                                    "unwrap"),
+    "megatron_ar.models.step": ("StepSpec", "forward_step", "run_schedule",
+                                "run_forward_backward", "forward_logits", "split_batch",
+                                "global_sums"),
     "megatron_ar.models.sharding": ("load_full_state_dict", "gather_full_state_dict",
                                     "iter_global_params"),
 }

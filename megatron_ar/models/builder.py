@@ -1,4 +1,4 @@
-"""Build megatron-core GPT models from a ModelConfig and run them (forward / forward-backward).
+"""Build megatron-core GPT models from a ModelConfig (running them: :mod:`megatron_ar.models.step`).
 
 Design choices
 - :func:`build_model` returns the list of model chunks this rank owns (one per virtual pipeline
@@ -7,26 +7,22 @@ Design choices
 - Parallel sizes are read from megatron-core's ``parallel_state`` (set by
   :func:`megatron_ar.runtime.init_distributed`), so a caller cannot build a TP=2 model in a TP=1
   process group by accident.
-- :func:`run_forward_backward` / :func:`forward_logits` go through megatron-core's
-  ``get_forward_backward_func`` (no-pipelining, 1F1B or interleaved schedule) rather than calling
-  the model directly: the same code path as training, valid for every TP/PP/VPP layout.
-- The loss is token-mean cross entropy via ``GPTModel(labels=...)`` (vocab-parallel CE) and the
-  3-tuple loss protocol (sum, num_tokens, report), i.e. per-microbatch token means averaged over
-  microbatches; DDP averages over data-parallel ranks.
+- The chunks are moved to the current device after construction, as Megatron-LM's
+  ``get_model`` does (``model_module.cuda(torch.cuda.current_device())``): parameters made on the
+  CPU (``use_cpu_initialization``, the RMSNorm weights) would otherwise stay there on a GPU.
+  Meta-device builds (checkpoint layouts) stay on the meta device.
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.modules import ArGPTModel, embedding_multiplier
 from megatron_ar.models.spec import block_spec
+from megatron_ar.runtime.device import module_to_device
 
 
 def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = True,
@@ -75,7 +71,8 @@ def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
     for vp_stage in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        chunks.append(build_model_chunk(cfg, transformer_config, pre, post, vp_stage, use_te))
+        chunk = build_model_chunk(cfg, transformer_config, pre, post, vp_stage, use_te)
+        chunks.append(module_to_device(chunk))
     return chunks
 
 
@@ -140,121 +137,6 @@ def wrap_with_ddp(chunks: Sequence[torch.nn.Module], use_distributed_optimizer: 
                               if ddp_config.align_param_gather else None)
     config.finalize_model_grads_func = finalize_model_grads
     return wrapped
-
-
-def _lm_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor, non_loss_data: bool = False):
-    losses = output_tensor.float()
-    mask = loss_mask.float().reshape(-1)
-    total = torch.sum(losses.reshape(-1) * mask)
-    num_tokens = mask.sum().to(torch.int)
-    # The schedule divides the returned tensor in place: report a detached copy.
-    return total, num_tokens, {"lm loss": torch.stack([total.detach().clone(),
-                                                       num_tokens.float()])}
-
-
-def _forward_step(data_iterator, model, with_labels: bool = True):
-    batch = next(data_iterator)
-    tokens = batch["tokens"]
-    position_ids = torch.arange(tokens.shape[1], dtype=torch.long, device=tokens.device)
-    position_ids = position_ids.unsqueeze(0).expand_as(tokens)
-    if with_labels:
-        out = model(tokens, position_ids, None, labels=batch["labels"])
-        mask = batch.get("loss_mask")
-        if mask is None:
-            mask = torch.ones_like(batch["labels"], dtype=torch.float)
-        return out, partial(_lm_loss, mask)
-    out = model(tokens, position_ids, None)
-    return out, _collect_logits
-
-
-def _collect_logits(output_tensor, non_loss_data: bool = False):
-    return gather_from_tensor_model_parallel_region(output_tensor).detach()
-
-
-def _iterators(chunks, microbatches):
-    if len(chunks) == 1:
-        return iter(microbatches)
-    return [iter(microbatches) for _ in chunks]
-
-
-def run_forward_backward(chunks: Sequence[torch.nn.Module], microbatches: Sequence[Dict],
-                         forward_only: bool = False) -> Optional[float]:
-    """Run megatron-core's schedule over ``microbatches`` (dicts with ``tokens``, ``labels``,
-    optional ``loss_mask``; all [micro_batch, seq]). Gradients accumulate in the parameters
-    (``.main_grad`` under DDP, after ``finalize_model_grads``); the caller sets train/eval
-    mode and zeroes gradients (``zero_grad_buffer()`` under DDP). Returns the token-mean loss
-    on the last pipeline stage, None elsewhere."""
-    mbs, seq = microbatches[0]["tokens"].shape
-    losses = get_forward_backward_func()(
-        forward_step_func=_forward_step,
-        data_iterator=_iterators(chunks, microbatches),
-        model=list(chunks),
-        num_microbatches=len(microbatches),
-        seq_length=seq,
-        micro_batch_size=mbs,
-        forward_only=forward_only,
-    )
-    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-        return None
-    total = sum(float(x["lm loss"][0]) for x in losses)
-    count = sum(float(x["lm loss"][1]) for x in losses)
-    return total / max(count, 1.0)
-
-
-def forward_logits(chunks: Sequence[torch.nn.Module], tokens: torch.Tensor,
-                   vocab_size: Optional[int] = None) -> Optional[torch.Tensor]:
-    """Logits [batch, seq, vocab] (gathered over TP, Megatron vocab padding stripped when
-    ``vocab_size`` is given) on the last pipeline stage; None on other stages. Runs the
-    forward-only schedule, so it works for every TP/PP/VPP layout. One microbatch holds the
-    whole batch, except with virtual pipeline stages, whose interleaved schedule needs at least
-    PP microbatches: there each sample is a microbatch (batch must be a multiple of PP)."""
-    pp = parallel_state.get_pipeline_model_parallel_world_size()
-    if len(chunks) > 1:
-        if tokens.shape[0] % pp:
-            raise ValueError(f"forward_logits: with virtual pipeline stages the batch "
-                             f"({tokens.shape[0]}) must be a multiple of PP={pp}")
-        microbatches = [{"tokens": tokens[i:i + 1]} for i in range(tokens.shape[0])]
-    else:
-        microbatches = [{"tokens": tokens}]
-    was_training = [chunk.training for chunk in chunks]
-    for chunk in chunks:
-        chunk.eval()
-    try:
-        with torch.no_grad():
-            out = get_forward_backward_func()(
-                forward_step_func=partial(_forward_step, with_labels=False),
-                data_iterator=_iterators(chunks, microbatches),
-                model=list(chunks),
-                num_microbatches=len(microbatches),
-                seq_length=tokens.shape[1],
-                micro_batch_size=microbatches[0]["tokens"].shape[0],
-                forward_only=True,
-                collect_non_loss_data=True,
-            )
-    finally:
-        for chunk, mode in zip(chunks, was_training):
-            chunk.train(mode)
-    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-        return None
-    logits = torch.cat(list(out), 0)
-    if vocab_size is not None:
-        logits = logits[..., :vocab_size]
-    return logits
-
-
-def split_batch(tokens: torch.Tensor, labels: torch.Tensor, micro_batch_size: int,
-                loss_mask: Optional[torch.Tensor] = None) -> List[Dict[str, torch.Tensor]]:
-    """Cut a [batch, seq] batch into microbatch dicts for :func:`run_forward_backward`."""
-    if tokens.shape[0] % micro_batch_size:
-        raise ValueError(f"split_batch: batch {tokens.shape[0]} not divisible by "
-                         f"micro_batch_size {micro_batch_size}")
-    out = []
-    for i in range(0, tokens.shape[0], micro_batch_size):
-        mb = {"tokens": tokens[i:i + micro_batch_size], "labels": labels[i:i + micro_batch_size]}
-        if loss_mask is not None:
-            mb["loss_mask"] = loss_mask[i:i + micro_batch_size]
-        out.append(mb)
-    return out
 
 
 def unwrap(chunks: Iterable[torch.nn.Module]) -> List[torch.nn.Module]:

@@ -6,8 +6,10 @@ built with ``device="cuda"``). Instead of forking megatron-core, :func:`install_
 makes those calls resolve to the CPU:
 
 1. ``torch.cuda`` functions megatron-core needs are replaced by CPU equivalents:
-   ``current_device`` -> ``"cpu"`` (so ``torch.empty(..., device=torch.cuda.current_device())``
-   allocates on the CPU), ``get_rng_state``/``set_rng_state``/``manual_seed`` act on the CPU
+   ``current_device`` -> :data:`EMULATED_CUDA_ORDINAL`, the string ``"cpu"`` (so
+   ``torch.empty(..., device=torch.cuda.current_device())`` allocates on the CPU, also outside
+   the device mode, e.g. in backward passes; strict mode recognises the object as a GPU
+   request), ``get_rng_state``/``set_rng_state``/``manual_seed`` act on the CPU
    default generator (the "CUDA generator" *is* the CPU generator here, so
    ``model_parallel_cuda_manual_seed`` still gives each TP rank its own stream of random numbers,
    as on GPUs), ``synchronize``/``empty_cache``/``set_device`` are no-ops, ``device_count`` -> 1,
@@ -31,6 +33,14 @@ threads that run megatron-core code must call ``install_cpu_emulation`` themselv
 mode on their stack); autograd runs CPU backward passes on the calling thread, so training needs
 nothing more.
 
+Strict mode (``install_cpu_emulation(strict=True)`` or ``MEGATRON_AR_STRICT_DEVICE=1`` in the
+environment, so spawned ranks and torchrun workers inherit it; on in the test suite, off by
+default): the mode also tags each tensor as allocated for the emulated GPU or on the CPU and raises
+where CUDA/NCCL would (mixed-device ops, CPU tensors in NCCL collectives):
+:mod:`megatron_ar.runtime.strict`. Whether strict or not, the layer records the process groups
+created with an explicit gloo backend (megatron-core's gloo side groups), the only groups that are
+not NCCL on a GPU cluster (:func:`megatron_ar.runtime.device.group_device`).
+
 Trade-offs: every torch call pays a Python ``__torch_function__`` hop (measured ~1-3 us per op,
 irrelevant next to the matmuls of a real model, visible on tiny test models). The layer never
 runs when a CUDA device is available: :func:`megatron_ar.runtime.init_distributed` installs it
@@ -40,13 +50,25 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 _LOCK = threading.Lock()
-_STATE: Dict[str, Any] = {"installed": False, "saved": [], "modes": {}}
+_STATE: Dict[str, Any] = {"installed": False, "strict": False, "saved": [], "modes": {}}
+
+
+class _EmulatedCudaOrdinal(str):
+    """Type of :data:`EMULATED_CUDA_ORDINAL`."""
+
+
+#: What ``torch.cuda.current_device()`` returns under the layer: equal to ``"cpu"`` (valid
+#: wherever torch takes a device), identifiable as the emulated GPU by identity.
+EMULATED_CUDA_ORDINAL = _EmulatedCudaOrdinal("cpu")
+#: The emulated GPU as a ``torch.device`` (a CPU device object, identified by identity in strict
+#: mode): :func:`megatron_ar.runtime.device.current_device` under the layer.
+EMULATED_CUDA_DEVICE = torch.device("cpu")
 
 
 def _is_cuda_device(dev: Any) -> bool:
@@ -62,7 +84,22 @@ def _is_cuda_device(dev: Any) -> bool:
 _CPU = torch.device("cpu")
 # Tensor.type() names: torch.FloatTensor -> torch.cuda.FloatTensor and back.
 _TYPE_PREFIX = "torch."
-_CUDA_TYPE_PREFIX = "torch.cuda."
+CUDA_TYPE_PREFIX = "torch.cuda."
+
+
+def tensor_type(func, args, kwargs):
+    """``Tensor.type`` reporting ``torch.cuda.*Tensor`` names and accepting them as targets."""
+    dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
+    if dtype is None:
+        name = func(args[0])
+        if name.startswith(_TYPE_PREFIX) and not name.startswith(CUDA_TYPE_PREFIX):
+            return CUDA_TYPE_PREFIX + name[len(_TYPE_PREFIX):]
+        return name
+    if isinstance(dtype, str) and dtype.startswith(CUDA_TYPE_PREFIX):
+        dtype = _TYPE_PREFIX + dtype[len(CUDA_TYPE_PREFIX):]
+    rest = dict(kwargs)
+    rest.pop("dtype", None)
+    return func(args[0], dtype, *args[2:], **rest)
 
 
 class CpuDeviceMode(TorchFunctionMode):
@@ -75,7 +112,7 @@ class CpuDeviceMode(TorchFunctionMode):
         if func is torch.Tensor.pin_memory:
             return args[0]
         if func is torch.Tensor.type:
-            return self._tensor_type(func, args, kwargs)
+            return tensor_type(func, args, kwargs)
         dev = kwargs.get("device")
         if dev is not None and _is_cuda_device(dev):
             kwargs["device"] = _CPU
@@ -84,20 +121,6 @@ class CpuDeviceMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU) + tuple(args[2:])
         return func(*args, **kwargs)
-
-    @staticmethod
-    def _tensor_type(func, args, kwargs):
-        dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
-        if dtype is None:
-            name = func(args[0])
-            if name.startswith(_TYPE_PREFIX) and not name.startswith(_CUDA_TYPE_PREFIX):
-                return _CUDA_TYPE_PREFIX + name[len(_TYPE_PREFIX):]
-            return name
-        if isinstance(dtype, str) and dtype.startswith(_CUDA_TYPE_PREFIX):
-            dtype = _TYPE_PREFIX + dtype[len(_CUDA_TYPE_PREFIX):]
-        rest = dict(kwargs)
-        rest.pop("dtype", None)
-        return func(args[0], dtype, *args[2:], **rest)
 
 
 class _InertStream:
@@ -166,7 +189,7 @@ def _cuda_patches() -> List[Tuple[Any, str, Any]]:
 
     cuda = torch.cuda
     funcs = {
-        "current_device": lambda: "cpu",
+        "current_device": lambda: EMULATED_CUDA_ORDINAL,
         "get_rng_state": _cpu_get_rng_state,
         "set_rng_state": _cpu_set_rng_state,
         "manual_seed": _cpu_manual_seed,
@@ -189,23 +212,58 @@ def _cuda_patches() -> List[Tuple[Any, str, Any]]:
     return patches
 
 
-def install_cpu_emulation() -> None:
+_MISSING = object()
+
+
+def _apply_patches(patches) -> List[Tuple[Any, str, Any]]:
+    saved = []
+    for owner, name, value in patches:
+        # Class attributes are saved from the class's own dict (an inherited or missing one is
+        # deleted again on restore; a staticmethod stays a staticmethod).
+        old = owner.__dict__.get(name, _MISSING) if isinstance(owner, type) else \
+            getattr(owner, name, _MISSING)
+        saved.append((owner, name, old))
+        setattr(owner, name, value)
+    return saved
+
+
+def _restore_patches(saved) -> None:
+    for owner, name, value in reversed(saved):
+        if value is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, value)
+
+
+def install_cpu_emulation(strict: Optional[bool] = None) -> None:
     """Make megatron-core run on the CPU in this process (idempotent; see module docstring).
+
+    ``strict``: strict device emulation (:mod:`megatron_ar.runtime.strict`); ``None`` reads
+    ``MEGATRON_AR_STRICT_DEVICE``. Fixed by the first call of the process; a later call asking
+    for the other setting raises ``ValueError``.
 
     Must be called before megatron-core builds models, optimizers or RNG trackers. Safe to call
     again; a call from a new thread pushes the device mode on that thread's stack.
     """
+    import torch.distributed as dist
+
+    from megatron_ar.runtime import strict as strict_mod
+
     with _LOCK:
         if not _STATE["installed"]:
-            saved = []
-            for owner, name, value in _cuda_patches():
-                saved.append((owner, name, getattr(owner, name, None)))
-                setattr(owner, name, value)
-            _STATE["saved"] = saved
+            on = strict_mod.strict_from_env() if strict is None else bool(strict)
+            patches = _cuda_patches() + strict_mod._group_wrappers(dist)
+            if on:
+                patches += strict_mod.strict_patches()
+            _STATE["saved"] = _apply_patches(patches)
+            _STATE["strict"] = on
             _STATE["installed"] = True
+        elif strict is not None and bool(strict) != _STATE["strict"]:
+            raise ValueError(f"install_cpu_emulation(strict={strict}): the CPU layer is already "
+                             f"installed with strict={_STATE['strict']} in this process")
         tid = threading.get_ident()
         if tid not in _STATE["modes"]:
-            mode = CpuDeviceMode()
+            mode = strict_mod.StrictDeviceMode() if _STATE["strict"] else CpuDeviceMode()
             mode.__enter__()
             _STATE["modes"][tid] = mode
 
@@ -217,10 +275,10 @@ def uninstall_cpu_emulation() -> None:
         if mode is not None:
             mode.__exit__(None, None, None)
         if _STATE["installed"] and not _STATE["modes"]:
-            for owner, name, value in reversed(_STATE["saved"]):
-                setattr(owner, name, value)
+            _restore_patches(_STATE["saved"])
             _STATE["saved"] = []
             _STATE["installed"] = False
+            _STATE["strict"] = False
 
 
 def cpu_emulation_installed() -> bool:
@@ -228,10 +286,16 @@ def cpu_emulation_installed() -> bool:
     return bool(_STATE["installed"])
 
 
+def strict_device_emulation() -> bool:
+    """True when the CPU layer is installed in strict mode."""
+    return bool(_STATE["installed"] and _STATE["strict"])
+
+
 def default_device() -> torch.device:
-    """The device megatron-core work goes to: ``cuda:<local rank>`` on GPUs, else the CPU."""
-    if torch.cuda.is_available() and not _STATE["installed"]:
-        return torch.device("cuda", torch.cuda.current_device())
-    return _CPU
+    """The device megatron-core work goes to: :func:`megatron_ar.runtime.device.current_device`
+    (``cuda:<i>`` on GPUs; under this layer a CPU device, the emulated GPU)."""
+    from megatron_ar.runtime.device import current_device
+
+    return current_device()
 
 

@@ -23,8 +23,10 @@ from collections import deque
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
+from megatron_ar.runtime.device import group_tensor
 from megatron_ar.training.metrics import flop_shape, flops_per_step, throughput
 
 
@@ -107,9 +109,7 @@ class LossSpikeDetector:
     def _ranks_flagged(flag: bool) -> tuple:
         if not dist.is_initialized():
             return int(flag), 1
-        import torch
-
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        t = group_tensor([1 if flag else 0], torch.int64)
         dist.all_reduce(t)
         return int(t.item()), dist.get_world_size()
 

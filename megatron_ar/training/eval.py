@@ -2,10 +2,11 @@
 log-likelihood tasks (lm-evaluation-harness style), optional greedy generations.
 
 Design choices
-- Everything runs through megatron-core's forward-only schedule (``get_forward_backward_func``,
-  ``forward_only=True``), so evaluation works at every TP/PP/VPP/DP layout of the run, and the
+- Everything runs through the training step (:mod:`megatron_ar.models.step`: megatron-core's
+  forward-only schedule), so evaluation works at every TP/PP/VPP/DP layout of the run, and the
   per-token negative log-likelihood comes from ``GPTModel(labels=...)`` (vocab-parallel cross
-  entropy): no logits are gathered for loss, BPB or multiple-choice scoring.
+  entropy): no logits are gathered for loss, BPB or multiple-choice scoring. Sums are reduced
+  over ranks on device tensors.
 - A validation set is a ``.bin/.idx`` prefix read as a one-phase, one-epoch curriculum
   (``megatron_ar.data.curriculum``): same packing as training, a fixed seed, so every
   evaluation sees the same ``eval_iters x micro_batch x DP`` samples.
@@ -13,7 +14,8 @@ Design choices
   tokens decode to. Bytes come from a per-token byte-length table built once from the
   tokenizer's vocabulary (:func:`token_byte_lengths`): byte-level BPE pieces are one byte per
   symbol, SentencePiece-style pieces are their UTF-8 length with the word-boundary marker as one
-  space and ``<0xNN>`` byte-fallback pieces one byte, special tokens zero. This equals
+  space and ``<0xNN>`` byte-fallback pieces one byte, special tokens zero. The table lives on the
+  device and the forward step counts the bytes of each micro-batch's targets there. This equals
   ``len(tokenizer.decode(ids).encode())`` except for a leading-space strip some decoders do at
   the start of a text (tested against ``decode``). BPB is tokenizer-independent, which is why the
   autoresearch card reports it; without a tokenizer (``model.tokenizer`` unset) it is omitted.
@@ -30,14 +32,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_ar.training.loop import TrainState, collate, needs_data, run_schedule, sample_to_arrays
+from megatron_ar.models.step import (StepSpec, forward_logits, global_sums, is_reporter,
+                                     run_schedule, token_mean)
+from megatron_ar.runtime.device import group_tensor, group_zeros, to_device
+from megatron_ar.training.loop import TrainState, collate, needs_data, sample_to_arrays
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,45 +135,6 @@ def score_mc(items, loglik: Sequence[float]) -> Dict[str, float]:
     return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}
 
 
-# ----------------------------------------------------------------------------------------------
-# forward steps
-# ----------------------------------------------------------------------------------------------
-def _eval_loss(mask, nbytes, output_tensor):
-    losses = output_tensor.float()
-    m = mask.float()
-    per_sample = (losses * m).sum(dim=1)
-    total = per_sample.sum()
-    ntok = m.sum().to(torch.int)
-    return total, ntok, {"lm loss": torch.stack([total.detach().clone(), ntok.detach().float()]),
-                         "bytes": nbytes, "per_sample": per_sample.detach().clone()}
-
-
-def _eval_forward_step(byte_table, data_iterator, model):
-    batch = next(data_iterator) if data_iterator is not None else None
-    tokens = labels = pos = mask = nbytes = None
-    if batch is not None:
-        tokens, labels, mask = batch["tokens"], batch["labels"], batch["loss_mask"]
-        pos = torch.arange(tokens.shape[1], dtype=torch.long).unsqueeze(0).expand_as(tokens)
-        if byte_table is not None:
-            nbytes = torch.tensor(float((byte_table[labels.numpy()] * mask.numpy()).sum()))
-        else:
-            nbytes = torch.tensor(0.0)
-    out = model(tokens, pos, None, labels=labels)
-    return out, partial(_eval_loss, mask, nbytes)
-
-
-def _is_reporter() -> bool:
-    from megatron.core import parallel_state as ps
-
-    return ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
-
-
-def _allreduce(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
 class Evaluator:
     """Builds validation sets / tasks once; :meth:`evaluate` runs them all."""
 
@@ -177,7 +142,9 @@ class Evaluator:
         cfg = state.cfg
         self.cfg = cfg
         self.tokenizer = state.tokenizer
-        self.byte_table = token_byte_lengths(self.tokenizer) if self.tokenizer is not None else None
+        # token id -> UTF-8 bytes, on the device, where the forward step indexes it with labels
+        self.byte_table = (to_device(torch.from_numpy(token_byte_lengths(self.tokenizer)))
+                           if self.tokenizer is not None else None)
         self.valid = {name: self._valid_dataset(name, prefix) for name, prefix in cfg.eval.valid_sets.items()}
         self.tasks = {}
         if cfg.eval.mc_tasks and self.tokenizer is None:
@@ -214,17 +181,11 @@ class Evaluator:
             r = state.layout.dp_rank
             batches = [collate([sample_to_arrays(ds[m * per + r * s.micro_batch_size + k], state.seq_length)
                                 for k in range(s.micro_batch_size)]) for m in range(n_micro)]
-        out = run_schedule(state, batches, n_micro, s.micro_batch_size, forward_only=True,
-                           step_func=partial(_eval_forward_step, self.byte_table))
-        t = torch.zeros(3, dtype=torch.float64)
-        if _is_reporter():
-            for x in out:
-                t[0] += float(x["lm loss"][0])
-                t[1] += float(x["lm loss"][1])
-                t[2] += float(x["bytes"])
-        _allreduce(t)
-        loss = float(t[0] / max(float(t[1]), 1.0))
-        res = {"loss": loss, "tokens": float(t[1]), "samples": n_micro * per}
+        out = run_schedule(state.model, batches, n_micro, s.micro_batch_size, state.seq_length,
+                           forward_only=True,
+                           spec=StepSpec(per_sample=True, byte_table=self.byte_table))
+        t = global_sums(out, with_bytes=True)
+        res = {"loss": token_mean(t), "tokens": float(t[1]), "samples": n_micro * per}
         if self.byte_table is not None and t[2] > 0:
             res["bytes"] = float(t[2])
             res["bpb"] = float(t[0] / math.log(2) / t[2])
@@ -241,18 +202,17 @@ class Evaluator:
         if needs_data():
             batches = [collate([{k: reqs[i][k] for k in ("tokens", "labels", "loss_mask")}
                                 for i in order[m * mbs:(m + 1) * mbs]]) for m in range(n_micro)]
-        out = run_schedule(state, batches, n_micro, mbs, forward_only=True,
-                           step_func=partial(_eval_forward_step, None))
-        ll = torch.zeros(len(reqs), dtype=torch.float64)
-        if _is_reporter():
+        out = run_schedule(state.model, batches, n_micro, mbs, state.seq_length, forward_only=True,
+                           spec=StepSpec(per_sample=True))
+        ll = group_zeros(len(reqs), torch.float64)
+        if is_reporter():
             flat = torch.cat([x["per_sample"].double() for x in out])[:len(mine)]
-            ll[torch.tensor(mine, dtype=torch.long)] = -flat
-        _allreduce(ll)
+            ll[torch.tensor(mine, dtype=torch.long, device=ll.device)] = -flat
+        if dist.is_initialized():
+            dist.all_reduce(ll)
         return score_mc(items, ll.tolist())
 
     def generate(self, state: TrainState, prompt: str, max_new_tokens: int) -> str:
-        from megatron_ar.models.builder import forward_logits
-
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
         seq = state.seq_length
         vocab = state.model_config.vocab_size
@@ -262,8 +222,8 @@ class Evaluator:
             tokens = torch.zeros(1, seq, dtype=torch.long)
             tokens[0, :len(ctx)] = torch.tensor(ctx)
             logits = forward_logits(state.model, tokens, vocab)
-            t = torch.tensor([-1.0])
-            if logits is not None and _is_reporter():
+            t = group_tensor([-1.0], torch.float32)
+            if logits is not None and is_reporter():
                 t[0] = float(torch.argmax(logits[0, len(ctx) - 1]))
             if dist.is_initialized():
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)

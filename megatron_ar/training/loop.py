@@ -19,9 +19,13 @@ Design choices
   the memory-mapped dataset instead of Megatron-LM's TP-rank-0 read + broadcast: reads are
   cheap mmaps and deterministic, so no broadcast is needed (trade-off: TP ranks read the same
   bytes N times; fine for mmap'd token files).
-- The loss logged is the token-weighted mean over the whole global batch, reduced over all
-  ranks so every rank holds the same value; decisions taken from it (loss-spike skipping) are
+- The forward step, loss and the reduction of the logged loss are
+  :mod:`megatron_ar.models.step` (shared with evaluation and the parity tests). The loss logged is
+  the token-weighted mean over the whole global batch, reduced over all ranks on device tensors
+  so every rank holds the same value; decisions taken from it (loss-spike skipping) are
   therefore identical on every rank.
+- Micro-batches are built here on the CPU (numpy -> ``torch.from_numpy``) and moved to the device
+  by the forward step.
 - The loop never type-checks its callbacks: it calls ``on_train_start``, ``before_optimizer_step``
   (a True return skips the update), ``on_step_end``, ``on_train_end`` when present
   (:mod:`megatron_ar.training.callbacks`). Stopping (SIGTERM/SIGUSR1 or a callback) is agreed
@@ -32,12 +36,14 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from megatron_ar.models.step import global_sums, run_schedule, token_mean
+from megatron_ar.runtime.device import group_tensor
 
 
 @dataclass
@@ -103,6 +109,7 @@ def sample_to_arrays(sample: Any, seq_length: int) -> Dict[str, np.ndarray]:
 
 
 def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
+    """Stack samples into one CPU micro-batch (the forward step moves it to the device)."""
     return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
@@ -114,65 +121,6 @@ def needs_data() -> bool:
 
 def microbatches_for(data, indices: List[List[int]], seq_length: int) -> List[Dict[str, torch.Tensor]]:
     return [collate([sample_to_arrays(data[i], seq_length) for i in mb]) for mb in indices]
-
-
-# ----------------------------------------------------------------------------------------------
-# forward step
-# ----------------------------------------------------------------------------------------------
-def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    losses = output_tensor.float().reshape(-1)
-    mask = loss_mask.float().reshape(-1)
-    total = torch.sum(losses * mask)
-    ntok = mask.sum().to(torch.int)
-    # Megatron-LM's 3-tuple protocol: the schedule divides `total` in place, so report a copy.
-    return total, ntok, {"lm loss": torch.stack([total.detach().clone(), ntok.detach().float()])}
-
-
-def forward_step(data_iterator, model):
-    batch = next(data_iterator) if data_iterator is not None else None
-    tokens = batch["tokens"] if batch is not None else None
-    labels = batch["labels"] if batch is not None else None
-    position_ids = None
-    if tokens is not None:
-        position_ids = torch.arange(tokens.shape[1], dtype=torch.long).unsqueeze(0).expand_as(tokens)
-    out = model(tokens, position_ids, None, labels=labels)
-    mask = batch["loss_mask"] if batch is not None else None
-    return out, partial(_loss_func, mask)
-
-
-def run_schedule(state: TrainState, batches: Optional[List[Dict[str, torch.Tensor]]],
-                 num_microbatches: int, micro_batch_size: int, forward_only: bool,
-                 step_func=forward_step) -> List[Dict[str, torch.Tensor]]:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    if batches is None:
-        iters = [None for _ in state.model]
-    else:
-        iters = [iter(batches) for _ in state.model]
-    return get_forward_backward_func()(
-        forward_step_func=step_func,
-        data_iterator=iters if len(iters) > 1 else iters[0],
-        model=state.model,
-        num_microbatches=num_microbatches,
-        seq_length=state.seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=forward_only,
-    )
-
-
-def reduce_loss(losses: List[Dict[str, torch.Tensor]], key: str = "lm loss") -> Dict[str, float]:
-    """Sum (loss, tokens) of the last pipeline stage's TP-rank-0 ranks over all ranks, so every
-    rank gets the global token-mean loss."""
-    from megatron.core import parallel_state as ps
-
-    t = torch.zeros(2, dtype=torch.float64)
-    if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
-        for x in losses:
-            t += x[key].double()
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return {"loss_sum": float(t[0]), "tokens": float(t[1]),
-            "loss": float(t[0] / max(float(t[1]), 1.0))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +146,10 @@ def train_step(state: TrainState) -> Dict[str, Any]:
     indices = step_sample_indices(state.consumed_samples, gbs, s.micro_batch_size,
                                   dp, state.layout.dp_rank)
     batches = microbatches_for(state.data, indices, state.seq_length) if needs_data() else None
-    losses = run_schedule(state, batches, nmb, s.micro_batch_size, forward_only=False)
-    red = reduce_loss(losses)
+    losses = run_schedule(state.model, batches, nmb, s.micro_batch_size, state.seq_length,
+                          forward_only=False)
+    sums = global_sums(losses)
+    red = {"loss_sum": float(sums[0]), "tokens": float(sums[1]), "loss": token_mean(sums)}
     lr = _current_lr(state.optimizer)  # the LR this step's update uses
     skip = False
     for cb in state.callbacks:
@@ -278,7 +228,7 @@ class _SignalFlag:
 def _agree_stop(local: bool) -> bool:
     if not dist.is_initialized():
         return local
-    t = torch.tensor([1.0 if local else 0.0])
+    t = group_tensor([1.0 if local else 0.0], torch.float32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 

@@ -83,10 +83,13 @@ def _dp_mean(value):
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
+    from megatron_ar.runtime import group_tensor
+
     if value is None:
         return None
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, group=ps.get_data_parallel_group())
+    group = ps.get_data_parallel_group()
+    t = group_tensor([value], torch.float64, group=group)
+    dist.all_reduce(t, group=group)
     return float(t) / ps.get_data_parallel_world_size()
 
 

@@ -144,8 +144,8 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     model[0].config.grad_scale_func = optimizer.scale_loss
     scheduler = plan.build_scheduler(optimizer)
     state = TrainState(cfg=cfg, layout=layout, model_config=mc, model=model, optimizer=optimizer,
-                       scheduler=scheduler, data=data, train_iters=plan.train_iters,
-                       batch_schedule=plan.batch, tokenizer=load_tokenizer(cfg.model.tokenizer))
+                       scheduler=scheduler, data=data, plan=plan,
+                       tokenizer=load_tokenizer(cfg.model.tokenizer))
     state.callbacks = callbacks if callbacks is not None else default_callbacks(cfg, mc)
     load_dir = cfg.load_dir()
     resumed = checkpointing.latest_iteration(load_dir) is not None if load_dir else False

@@ -48,6 +48,11 @@ from megatron_ar.runtime.device import group_tensor
 
 @dataclass
 class TrainState:
+    """Everything the fit loop and its callbacks share: the recipe, the run plan (length, batch
+    of every step, phases, LR schedule; :class:`~megatron_ar.training.plan.RunPlan`), the
+    megatron-core objects (model chunks, optimizer, LR scheduler), the data, and the position of
+    the run (iteration, consumed samples/tokens) that checkpoints save and resumes restore."""
+
     cfg: Any
     layout: Any
     model_config: Any
@@ -55,11 +60,8 @@ class TrainState:
     optimizer: Any
     scheduler: Any
     data: Any
-    train_iters: int
+    plan: Any  # megatron_ar.training.plan.RunPlan
     callbacks: List[Any] = field(default_factory=list)
-    # Global batch per step (megatron_ar.training.rampup.BatchSchedule); None: constant
-    # schedule.global_batch_size.
-    batch_schedule: Any = None
     tokenizer: Any = None
     iteration: int = 0
     consumed_samples: int = 0
@@ -73,6 +75,10 @@ class TrainState:
     @property
     def seq_length(self) -> int:
         return self.cfg.model.seq_length
+
+    @property
+    def train_iters(self) -> int:
+        return self.plan.train_iters
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,18 +133,12 @@ def microbatches_for(data, indices: List[List[int]], seq_length: int) -> List[Di
 # one step, the loop
 # ----------------------------------------------------------------------------------------------
 def train_step(state: TrainState) -> Dict[str, Any]:
-    cfg = state.cfg
-    s = cfg.schedule
+    s = state.cfg.schedule
     dp = state.layout.dp
-    if state.batch_schedule is None and s.rampup_batch_size is not None:  # not built by build_run
-        from megatron_ar.training.rampup import BatchSchedule
-
-        state.batch_schedule = BatchSchedule.from_config(cfg, dp, rank=state.layout.rank)
-    if state.batch_schedule is None:
-        gbs, nmb = s.global_batch_size, cfg.num_microbatches(state.layout.world_size)
-    else:  # keyed by consumed samples, so a resumed run gets the same batch sizes
-        gbs = state.batch_schedule.global_batch(state.consumed_samples)
-        nmb = state.batch_schedule.num_microbatches(state.consumed_samples)
+    # Keyed by consumed samples (megatron-core's calculator; constant or ramped), so a resumed
+    # run gets the same batch sizes.
+    gbs = state.plan.batch.global_batch(state.consumed_samples)
+    nmb = state.plan.num_microbatches(state.consumed_samples)
     t0 = time.perf_counter()
     for chunk in state.model:
         chunk.zero_grad_buffer()
@@ -166,7 +166,7 @@ def train_step(state: TrainState) -> Dict[str, Any]:
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if ok:
             # Ramp-up: the schedule counts samples (Megatron-LM); else iterations.
-            state.scheduler.step(increment=gbs if s.rampup_batch_size is not None else 1)
+            state.scheduler.step(increment=state.plan.scheduler_increment(gbs))
     elapsed = time.perf_counter() - t0
     step_tokens = gbs * state.seq_length
     metrics = {

@@ -17,6 +17,7 @@ Exit status 2, with one line on stderr, when the layout is invalid, when the fak
 import argparse
 import json
 import sys
+import warnings
 
 from megatron_ar.training.config import ConfigError, load_config
 from megatron_ar.training.memory import estimate_for_recipe
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
                     help="run every micro-batch of the step, not only up to the schedule's steady state")
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args, overrides = ap.parse_known_args(argv)
+    # megatron-core's notices that it falls back from Transformer Engine / Apex on this machine.
+    warnings.filterwarnings("ignore", message=r".*(Transformer Engine and Apex are|Apex is) not installed",
+                            category=UserWarning)
     try:
         cfg = load_config(args.config, overrides)
         est = estimate_for_recipe(cfg, args.world_size).to_dict()

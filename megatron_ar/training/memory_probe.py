@@ -249,7 +249,17 @@ def _where(exc: BaseException) -> str:
     return "<unknown>"
 
 
+_KNOWN_NOISE = r".*(Transformer Engine and Apex are|Apex is) not installed"
+
+
 def _probe_rank(cfg: TrainConfig, world_size: int, rank: int, microbatches: str) -> Dict[str, Any]:
+    import warnings
+
+    # The child's stderr is the caller's: keep megatron-core's CPU fallback notices and torch's
+    # collective-rename notices out of it.
+    warnings.filterwarnings("ignore", message=_KNOWN_NOISE, category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+
     from megatron_ar.runtime.fake import FakeSession, destroy_fake_distributed, init_fake_distributed
     from megatron_ar.training.builder import model_config_from
 

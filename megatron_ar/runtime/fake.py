@@ -63,6 +63,13 @@ Design choices
   bucket, each a FakeTensor cache miss (the storage offset is part of the cache key): measured
   25 s of a 50 s fake step of Fanar Star's TP2 x DP84 rank. :class:`_LazyShards` returns the
   same views, made when indexed.
+- The session's dispatch mode re-issues each op from Python (to answer placeholders and count
+  storages) with torch-function handling off: an op called from Python would otherwise reach
+  the torch-function modes (the CPU layer, its strict device checks) a second time, as an aten
+  op, including the ops the autograd engine issues from C++, which a real run never shows them.
+- Strict device emulation: :func:`init_fake_distributed` installs the CPU layer the way
+  :func:`megatron_ar.runtime.init_distributed` does, so the layer's strict mode applies when the
+  environment or the caller turns it on; the session's own modes sit above it.
 - Memory (:class:`FakeMemory`): every storage a fake op creates is counted once (views share
   it) until its Python storage object is collected (a weak-reference callback; storages stay
   alive while autograd saves them). Bytes are the storage sizes, without allocator rounding or
@@ -92,6 +99,7 @@ from megatron_ar.runtime.cpu import install_cpu_emulation
 from megatron_ar.runtime.distributed import ParallelLayout
 
 _STATE: Dict[str, Any] = {"library": None, "saved": []}
+_NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
 _COALESCED = ("allreduce_coalesced_", "allgather_into_tensor_coalesced_",
               "reduce_scatter_tensor_coalesced_")
 
@@ -289,12 +297,16 @@ class _FakeDispatch(TorchDispatchMode):
         from torch._subclasses.fake_tensor import DataDependentOutputException
 
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            try:
-                return func(*args, **kwargs)  # constants have a value
-            except DataDependentOutputException:
-                return self.session._placeholder(args[0].dtype)
-        out = func(*args, **kwargs)
+        # Calling an op from Python would hand it to the torch-function modes (the CPU layer)
+        # a second time; the modes have seen the Python-level call already, and ops the
+        # autograd engine issues from C++ never reach them in a real run either.
+        with _NO_TORCH_FUNCTION():
+            if func is torch.ops.aten._local_scalar_dense.default:
+                try:
+                    return func(*args, **kwargs)  # constants have a value
+                except DataDependentOutputException:
+                    return self.session._placeholder(args[0].dtype)
+            out = func(*args, **kwargs)
         self.session.ops += 1
         mem = self.session.memory
         if mem is not None:

@@ -37,6 +37,7 @@ from megatron_ar.runtime.device import (
     to_host,
 )
 from megatron_ar.runtime.distributed import ParallelLayout, destroy_distributed, init_distributed
+from megatron_ar.runtime.fake import FakeSession, destroy_fake_distributed, init_fake_distributed  # noqa: F401
 from megatron_ar.runtime.spawn import MultiprocessError, find_free_port, run_multiprocess
 from megatron_ar.runtime.strict import DeviceMismatchError
 

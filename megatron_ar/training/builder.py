@@ -109,27 +109,16 @@ def default_callbacks(cfg: TrainConfig, model_config) -> List[Any]:
     return out
 
 
-def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
-    """Initialise distributed state and build a :class:`TrainState` ready for ``fit``."""
+def build_model_and_optimizer(cfg: TrainConfig, mc, use_gloo_process_groups: Optional[bool] = None):
+    """The recipe's model chunks (bf16 wrapper, megatron-core DDP) and megatron-core optimizer,
+    in the initialised parallel state: what the trainer and the fake-tensor memory probe
+    (:mod:`megatron_ar.training.memory_probe`) both build."""
     from megatron.core.transformer.module import Float16Module
 
     from megatron_ar.models.builder import build_model, wrap_with_ddp
-    from megatron_ar.runtime import init_distributed
-    from megatron_ar.training import checkpointing
-    from megatron_ar.training.loop import TrainState
     from megatron_ar.training.optimizer import build_optimizer
-    from megatron_ar.training.plan import build_run_plan
 
     p, o = cfg.parallel, cfg.optimizer
-    check_precision_support(cfg)  # before process groups: a clear error naming the key
-    mc = model_config_from(cfg)
-    vpp = cfg.vpp_size(mc.num_layers)
-    layout = init_distributed(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
-                              vpp=vpp, seed=cfg.schedule.seed)
-    cfg.num_microbatches(layout.world_size)  # validates batch arithmetic, naming the key
-    os.makedirs(cfg.logging.run_dir, exist_ok=True)
-    data = build_data(cfg)
-    plan = build_run_plan(cfg, layout.world_size, curriculum=data.plan, model_config=mc)
     dtype = torch.bfloat16 if o.bf16 else torch.float32
     chunks = build_model(mc, sequence_parallel=p.sequence_parallel, params_dtype=dtype,
                          **transformer_overrides(cfg))
@@ -140,8 +129,29 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
                           fp8_param_gather=o.fp8_param_gather,
                           overlap_grad_reduce=p.overlap_grad_reduce,
                           overlap_param_gather=p.overlap_param_gather)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, use_gloo_process_groups=use_gloo_process_groups)
     model[0].config.grad_scale_func = optimizer.scale_loss
+    return model, optimizer
+
+
+def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
+    """Initialise distributed state and build a :class:`TrainState` ready for ``fit``."""
+    from megatron_ar.runtime import init_distributed
+    from megatron_ar.training import checkpointing
+    from megatron_ar.training.loop import TrainState
+    from megatron_ar.training.plan import build_run_plan
+
+    p = cfg.parallel
+    check_precision_support(cfg)  # before process groups: a clear error naming the key
+    mc = model_config_from(cfg)
+    vpp = cfg.vpp_size(mc.num_layers)
+    layout = init_distributed(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
+                              vpp=vpp, seed=cfg.schedule.seed)
+    cfg.num_microbatches(layout.world_size)  # validates batch arithmetic, naming the key
+    os.makedirs(cfg.logging.run_dir, exist_ok=True)
+    data = build_data(cfg)
+    plan = build_run_plan(cfg, layout.world_size, curriculum=data.plan, model_config=mc)
+    model, optimizer = build_model_and_optimizer(cfg, mc)
     scheduler = plan.build_scheduler(optimizer)
     state = TrainState(cfg=cfg, layout=layout, model_config=mc, model=model, optimizer=optimizer,
                        scheduler=scheduler, data=data, plan=plan,

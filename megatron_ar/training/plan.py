@@ -467,9 +467,9 @@ def plan_run(cfg: TrainConfig, world_size: Optional[int] = None) -> Dict[str, An
 _STATE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 
-def memory_estimate(plan: RunPlan, cfg: TrainConfig):
-    """The analytic per-GPU memory of the plan's most loaded stage
-    (:func:`megatron_ar.training.memory.estimate_memory`)."""
+def memory_estimate(plan: RunPlan, cfg: TrainConfig, pp_rank: Optional[int] = None):
+    """The analytic per-GPU memory of the plan's most loaded stage, or of pipeline stage
+    ``pp_rank`` (:func:`megatron_ar.training.memory.estimate_memory`)."""
     from megatron_ar.training.memory import estimate_memory
 
     L, p, o = plan.layout, cfg.parallel, cfg.optimizer
@@ -480,7 +480,13 @@ def memory_estimate(plan: RunPlan, cfg: TrainConfig):
         plan.model_config, L.tp, L.pp, L.dp, plan.micro_batch_size, plan.seq_length,
         plan.global_batch_size // (plan.micro_batch_size * L.dp), L.vpp if L.vpp > 1 else None,
         L.sequence_parallel, p.recompute_granularity, o.bf16, L.distributed_optimizer,
-        o.grad_reduce_in_fp32, moment_bytes=moments)
+        o.grad_reduce_in_fp32, pp_rank=pp_rank, moment_bytes=moments)
+
+
+def most_loaded_stage(plan: RunPlan, cfg: TrainConfig) -> int:
+    """The pipeline stage with the largest planning estimate (ties: the earlier stage)."""
+    totals = [memory_estimate(plan, cfg, pp_rank=r).total_gib for r in range(plan.layout.pp)]
+    return max(range(plan.layout.pp), key=lambda r: (totals[r], -r))
 
 
 def _optimizer_summary(cfg: TrainConfig) -> Dict[str, Any]:

@@ -696,6 +696,22 @@ def _getstate(self):
     return state
 
 
+def _fake_device_property():
+    """``FakeTensor.device`` with the placement objects of :func:`_device_get`: FakeTensor
+    overrides ``device`` with a Python property that no torch function sees, so without this a
+    fake CPU tensor's device would read as a plain ``torch.device("cpu")`` (HOST) and a
+    ``device=x.device`` allocation next to a fake device tensor would look like a mix."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    orig = FakeTensor.__dict__["device"]
+
+    def get(self):
+        dev = orig.fget(self)
+        return _DEVICE_OBJ[getattr(self, TAG, UNKNOWN)] if dev.type == "cpu" else dev
+
+    return FakeTensor, property(get, orig.fset)
+
+
 def strict_patches() -> List[Tuple[Any, str, Any]]:
     """(owner, attribute, replacement) installed by :func:`megatron_ar.runtime.cpu.
     install_cpu_emulation` in strict mode (restored by ``uninstall_cpu_emulation``)."""
@@ -712,6 +728,8 @@ def strict_patches() -> List[Tuple[Any, str, Any]]:
         (torch, "frombuffer", _from_numpy_wrapper(torch.frombuffer)),
         (torch.nn.Parameter, "__new__", _parameter_new()),
     ]
+    fake_cls, fake_device = _fake_device_property()
+    patches.append((fake_cls, "device", fake_device))
     wrappers = {}
     for name in _COLLECTIVES:
         if hasattr(dist, name):

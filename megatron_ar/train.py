@@ -1,7 +1,8 @@
 """Entry point: ``torchrun ... -m megatron_ar.train --config RECIPE.yaml [--key value ...]``
 (console script ``megatron-ar-train``). Parse -> plan -> build -> fit -> close; the logic lives in
 :mod:`megatron_ar.training`. ``--dry-run`` prints the run plan (layout, batch arithmetic, steps
-per phase, LR milestones, memory estimate) without starting process groups or training.
+per phase, LR milestones, the analytic memory estimate and the memory measured by one fake-tensor
+training step of the most loaded rank) without starting process groups or training.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--world-size", type=int, default=None,
                     help="with --dry-run: number of GPUs to plan for (default: WORLD_SIZE or 1)")
     ap.add_argument("--json", action="store_true", help="with --dry-run: last line is one JSON object")
+    ap.add_argument("--gpu-memory-gib", type=float, default=None,
+                    help="with --dry-run: fail (exit 2) when the per-GPU peak does not fit")
+    ap.add_argument("--analytic-only", action="store_true",
+                    help="with --dry-run: skip the fake-tensor run of the most loaded rank")
     args, overrides = ap.parse_known_args(argv)
     import warnings
 
@@ -29,13 +34,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from megatron_ar.runtime.fusions import CudaConnectionsError, check_cuda_device_max_connections
     from megatron_ar.training.config import ConfigError, load_config
+    from megatron_ar.training.memory_probe import MemoryLimitError, MemoryProbeError
 
     try:
         cfg = load_config(args.config, overrides)                       # parse
         if args.dry_run:
-            from megatron_ar.training.plan import print_plan
+            from megatron_ar.training.dryrun import print_plan
 
-            print_plan(cfg, args.world_size, as_json=args.json)         # plan only
+            print_plan(cfg, args.world_size, as_json=args.json,          # plan only
+                       analytic_only=args.analytic_only, gpu_memory_gib=args.gpu_memory_gib)
             return 0
         # Before the first CUDA call: megatron-core's TP communication overlap needs it.
         check_cuda_device_max_connections(cfg.parallel.tensor_model_parallel_size, 1,
@@ -48,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             fit(state)                                                  # fit
         finally:
             close_run(state)                                            # close
-    except (ConfigError, CudaConnectionsError) as exc:
+    except (ConfigError, CudaConnectionsError, MemoryLimitError, MemoryProbeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -7,7 +7,9 @@ Public API
   (:mod:`megatron_ar.runtime.distributed`): torch.distributed + megatron-core parallel state.
 - :func:`run_multiprocess` / :class:`MultiprocessError` / :func:`find_free_port`
   (:mod:`megatron_ar.runtime.spawn`): run a function on N spawned ranks, collect results.
-- :func:`default_device`: the same as :func:`current_device` (kept for callers of the old name).
+- :func:`init_fake_distributed` / :func:`destroy_fake_distributed` / :class:`FakeSession`
+  (:mod:`megatron_ar.runtime.fake`): one rank of a large job on fake tensors over torch's fake
+  process group (the memory probe of the dry run).
 - :func:`strict_device_emulation` / :class:`DeviceMismatchError`
   (:mod:`megatron_ar.runtime.strict`): strict device emulation, where CPU tensors that would be
   on the wrong device on a GPU raise.
@@ -22,7 +24,6 @@ Importing this package patches nothing; the emulation is installed explicitly or
 from megatron_ar.runtime.cpu import (
     CpuDeviceMode,
     cpu_emulation_installed,
-    default_device,
     install_cpu_emulation,
     strict_device_emulation,
     uninstall_cpu_emulation,
@@ -37,24 +38,26 @@ from megatron_ar.runtime.device import (
     to_host,
 )
 from megatron_ar.runtime.distributed import ParallelLayout, destroy_distributed, init_distributed
-from megatron_ar.runtime.fake import FakeSession, destroy_fake_distributed, init_fake_distributed  # noqa: F401
+from megatron_ar.runtime.fake import FakeSession, destroy_fake_distributed, init_fake_distributed
 from megatron_ar.runtime.spawn import MultiprocessError, find_free_port, run_multiprocess
 from megatron_ar.runtime.strict import DeviceMismatchError
 
 __all__ = [
     "CpuDeviceMode",
     "DeviceMismatchError",
+    "FakeSession",
     "MultiprocessError",
     "ParallelLayout",
     "cpu_emulation_installed",
     "current_device",
-    "default_device",
     "destroy_distributed",
+    "destroy_fake_distributed",
     "find_free_port",
     "group_device",
     "group_tensor",
     "group_zeros",
     "init_distributed",
+    "init_fake_distributed",
     "install_cpu_emulation",
     "module_to_device",
     "run_multiprocess",

@@ -27,7 +27,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_ar.runtime.cpu import EMULATED_CUDA_DEVICE, cpu_emulation_installed
+from megatron_ar.runtime.cpu import cpu_emulation_installed
+from megatron_ar.runtime.emulated import EMULATED_CUDA_DEVICE
 
 _CPU = torch.device("cpu")
 

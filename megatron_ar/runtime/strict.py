@@ -85,8 +85,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from megatron_ar.runtime.cpu import (CUDA_TYPE_PREFIX, EMULATED_CUDA_DEVICE,
-                                     EMULATED_CUDA_ORDINAL, CpuDeviceMode, tensor_type)
+from megatron_ar.runtime.emulated import (CUDA_TYPE_PREFIX, EMULATED_CUDA_DEVICE,
+                                          EMULATED_CUDA_ORDINAL, CpuDeviceMode, tensor_type)
 
 ENV = "MEGATRON_AR_STRICT_DEVICE"
 TAG = "_megatron_ar_placement"
@@ -140,7 +140,7 @@ _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _STDLIB_DIR = sysconfig.get_paths()["stdlib"] + os.sep
-_INTERNAL_RUNTIME = tuple(_RUNTIME_DIR + n for n in ("strict.py", "cpu.py", "device.py"))
+_INTERNAL_RUNTIME = tuple(_RUNTIME_DIR + n for n in ("strict.py", "cpu.py", "device.py", "emulated.py"))
 
 
 def _megatron_core_dir() -> str:

@@ -556,16 +556,6 @@ def format_plan(pl: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_plan(cfg: TrainConfig, world_size: Optional[int] = None, as_json: bool = False) -> Dict[str, Any]:
-    import json
-
-    pl = plan_run(cfg, world_size)
-    print(format_plan(pl))
-    if as_json:
-        print(json.dumps(pl, default=str))
-    return pl
-
-
 # ----------------------------------------------------------------------------------------------
 # the curriculum report (tools/curriculum_plan.py)
 # ----------------------------------------------------------------------------------------------

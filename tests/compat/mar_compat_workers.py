@@ -146,15 +146,15 @@ def p2p_exchange(batched: bool) -> dict:
     from megatron.core.model_parallel_config import ModelParallelConfig
     from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
 
-    from megatron_ar.runtime import default_device, init_distributed
+    from megatron_ar.runtime import current_device, init_distributed
 
     layout = init_distributed(tp=1, pp=2, seed=1234)
     config = ModelParallelConfig(pipeline_model_parallel_size=2, pipeline_dtype=torch.float32,
                                  batch_p2p_comm=batched)
     comm = P2PCommunicator(parallel_state.get_pipeline_model_parallel_group(), config)
     r = layout.rank
-    act = torch.full((4,), 100.0 * r + 1, device=default_device())   # to the next stage
-    grad = torch.full((4,), 100.0 * r + 2, device=default_device())  # to the previous stage
+    act = torch.full((4,), 100.0 * r + 1, device=current_device())   # to the next stage
+    grad = torch.full((4,), 100.0 * r + 2, device=current_device())  # to the previous stage
     recv_prev, recv_next = comm.send_forward_backward_recv_forward_backward(
         act, grad, recv_prev=True, recv_next=True, tensor_shape=(4,))
     return {"rank": r, "from_prev": recv_prev.tolist(), "from_next": recv_next.tolist()}

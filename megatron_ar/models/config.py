@@ -269,6 +269,9 @@ class ModelConfig:
             use_cpu_initialization=(not on_gpu) if use_cpu_initialization is None
             else use_cpu_initialization,
             attention_softmax_in_fp32=True,
+            # Megatron-LM's default: a pipeline stage frees the data of the activations it sent
+            # on once they are sent (only their grad_fn is needed for backward).
+            deallocate_pipeline_outputs=True,
             # Unbatched p2p on gloo: megatron-core's batched p2p swaps same-shape activations
             # and gradients there when prev == next peer (see megatron_ar.compat.p2p).
             batch_p2p_comm=batch_p2p_comm(on_gpu),

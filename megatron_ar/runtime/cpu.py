@@ -53,6 +53,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.autograd
 
 from megatron_ar.runtime.emulated import EMULATED_CUDA_ORDINAL, CpuDeviceMode
 
@@ -146,7 +147,30 @@ def _cuda_patches() -> List[Tuple[Any, str, Any]]:
     patches = [(cuda, name, _distinct(fn, name)) for name, fn in funcs.items()]
     patches.append((cuda, "Stream", _InertStream))
     patches += [(owner, name, _distinct(fn, name)) for owner, name, fn in cuda_rng_state_patches()]
+    patches.append((torch.autograd, "has_torch_function", _subclass_torch_function))
     return patches
+
+
+_TENSOR_TF = getattr(torch.Tensor.__torch_function__, "__func__", torch.Tensor.__torch_function__)
+
+
+def _subclass_torch_function(args) -> bool:
+    """``torch.autograd``'s ``has_torch_function`` under the layer: True only for tensor
+    subclasses that override ``__torch_function__``, not for active modes. Since torch 2.13
+    ``torch.autograd.backward``/``grad`` hand themselves to the active torch-function modes, and a
+    mode is popped while it handles a call: the whole backward pass -- megatron-core's activation
+    recomputation included, whose attention builds its causal mask with ``device="cuda"`` --
+    would run outside this layer (measured: ``recompute_granularity`` selective and full failed
+    with "Torch not compiled with CUDA enabled"). A real GPU run has no mode, so skipping the
+    hand-off for plain tensors changes nothing else."""
+    for t in args:
+        tf = getattr(type(t), "__torch_function__", None)
+        if tf is None:
+            continue
+        fn = getattr(tf, "__func__", tf)
+        if fn is not _TENSOR_TF and fn is not torch._C._disabled_torch_function_impl:
+            return True
+    return False
 
 
 _MISSING = object()

@@ -51,12 +51,8 @@ Design choices
   before the swap (the fix of pytorch/pytorch#178584), and the parameter keeps its Python
   attributes (megatron-core's ``tensor_model_parallel``, ``sequence_parallel``,
   ``shared_embedding``...) as it does in a real run, where ``.data`` is reassigned instead.
-  And ``torch.autograd.backward`` hands itself to active torch-function modes since torch 2.13,
-  which runs the whole backward pass -- activation recomputation included -- with those modes
-  popped (``handle_torch_function`` disables a mode while it handles a call): megatron-core's
-  recomputed attention then builds its causal mask with ``device="cuda"`` outside the CPU
-  layer. The session makes backward skip that hand-off, so the CPU layer and the placeholders
-  stay active during recomputation.
+  (That backward keeps the CPU layer and the placeholders active during activation
+  recomputation is the CPU layer's own doing: :mod:`megatron_ar.runtime.cpu`.)
 - One megatron-core helper is made lazy for the session: ``shard_buffer`` (distributed/
   param_and_grad_buffer.py) slices every DDP bucket into DP views of which the caller uses one
   (its own rank's, for the reduce-scatter / all-gather). With DP = 84 that is 84 views per
@@ -410,12 +406,10 @@ class FakeSession:
 
     def __enter__(self) -> "FakeSession":
         import megatron.core.distributed.param_and_grad_buffer as mbuffer
-        import torch.autograd
         import torch.utils
 
         self._orig_swap = torch.utils.swap_tensors
         patches = ((torch.utils, "swap_tensors", self._swap_tensors),
-                   (torch.autograd, "has_torch_function", _no_torch_function),
                    (mbuffer, "shard_buffer", _LazyShards))
         self._saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, value in patches:
@@ -433,9 +427,6 @@ class FakeSession:
             setattr(owner, name, value)
         self._saved = []
 
-
-def _no_torch_function(args) -> bool:
-    return False
 
 
 class _LazyShards:

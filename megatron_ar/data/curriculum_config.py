@@ -90,6 +90,9 @@ class BlendGroup:
 
 @dataclass
 class PhaseConfig:
+    """One curriculum phase: its blend of dataset groups and exactly one budget (``tokens`` or
+    ``epochs``); ``lr_schedule`` is a hint for the run plan (e.g. ``linear_to_zero``)."""
+
     name: str
     blend: List[BlendGroup]
     tokens: Optional[int] = None

@@ -59,6 +59,9 @@ class CurriculumDataError(RuntimeError):
 
 @dataclass(frozen=True)
 class DatasetStats:
+    """What a dataset's ``.idx`` says: sequences, documents, tokens, samples per epoch at the run's
+    sequence length, and the ``.idx`` digest the fingerprint covers."""
+
     name: str
     prefix: str
     num_sequences: int  # Megatron GPTDataset "documents" (IndexedDataset sequences)
@@ -103,6 +106,9 @@ def read_dataset_stats(name: str, prefix: str, seq_length: int, add_extra_token:
 
 @dataclass
 class PhaseDatasetPlan:
+    """One dataset's part of a phase: its share, samples, tokens, epochs read in the phase and where
+    in the dataset's sample stream the phase starts."""
+
     dataset: str
     group: str
     share: float  # fraction of the phase's samples (normalized weight)
@@ -116,6 +122,9 @@ class PhaseDatasetPlan:
 
 @dataclass
 class PhasePlan:
+    """One phase in global samples (``[start_sample, end_sample)``) and, with a global batch, steps;
+    per-dataset allocation in ``datasets``."""
+
     index: int
     name: str
     budget: Dict[str, Any]  # {"tokens": N} or {"epochs": E}
@@ -134,6 +143,9 @@ class PhasePlan:
 
 @dataclass
 class CurriculumPlan:
+    """The whole curriculum in samples: per-dataset stats, phases, totals and warnings (pure
+    arithmetic over the ``.idx`` files; :func:`plan_curriculum`)."""
+
     seq_length: int
     global_batch_size: Optional[int]
     seed: int

@@ -63,6 +63,8 @@ def annotate_files(inputs: Sequence[str], out_dir: str, *, config: Optional[Anno
 
 @dataclasses.dataclass(frozen=True)
 class NormalizeJob:
+    """Options of one normalization shard job (picklable, for the shard runner's worker processes)."""
+
     normalize: ArabicNormalizeConfig = ArabicNormalizeConfig()
     text_key: str = "text"
     drop_empty: bool = True

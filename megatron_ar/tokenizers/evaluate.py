@@ -127,6 +127,9 @@ def token_boundaries(encoding, word_start: int, word_len: int) -> set[int]:
 
 @dataclass
 class MASResult:
+    """Morphological Alignment Score of a tokenizer against a gold segmentation: aligned and
+    total boundaries and the score."""
+
     score: float
     precision: float
     recall: float

@@ -40,6 +40,8 @@ __all__ = ["MergeConfig", "merge_tokenizers", "merge_application_counts", "check
 
 @dataclass
 class MergeConfig:
+    """Inputs and target of a tokenizer merge (sources, target vocabulary size, output directory)."""
+
     tokenizers: list[str]
     output: str
     target_vocab_size: int = 76800

@@ -86,6 +86,9 @@ ALGORITHMS = ("bpe", "morph-bpe")
 
 @dataclass
 class TrainConfig:
+    """Options of one tokenizer training run (inputs and categories, algorithm, vocabulary size,
+    segmenter, special tokens, sampling, seed)."""
+
     inputs: list[str]
     output: str
     algorithm: str = "morph-bpe"

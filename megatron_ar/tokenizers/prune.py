@@ -87,6 +87,8 @@ class PruneError(ValueError):
 
 @dataclass
 class PruneConfig:
+    """Options of a vocabulary pruning run (tokenizer, corpus, target size, output, checkpoint)."""
+
     tokenizer: str                      # dir with tokenizer.json (or the tokenizer.json path)
     corpus: Sequence[str]               # plain text (doc per line) or JSONL with "text"
     output: str                         # new dir (tokenizer files, id_map.npy, summary)
@@ -130,6 +132,8 @@ class PruneConfig:
 
 @dataclass
 class PruneResult:
+    """What a pruning run kept: the old -> new id map, the new vocabulary and its statistics."""
+
     vocab_size: int
     original_vocab_size: int
     kept_protected: int
@@ -287,6 +291,8 @@ def _protected(m: BpeModel) -> np.ndarray:
 
 @dataclass
 class Selection:
+    """The tokens chosen to keep, with the reason each was kept (special, used, intermediate merge)."""
+
     keep: np.ndarray                # bool per old id
     protected: int
     from_corpus: int

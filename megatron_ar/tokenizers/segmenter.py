@@ -77,6 +77,9 @@ def strip_diacritics(text: str) -> str:
 
 
 class Segmenter(Protocol):
+    """Splits Arabic words into clitics and stem for MorphBPE training (built-in rules, or an
+    optional plugin such as farahidi)."""
+
     name: str
 
     def segment(self, word: str) -> list[str]:

@@ -32,6 +32,8 @@ from megatron_ar.training.loop import collate, sample_to_arrays
 
 
 class BacktraceError(RuntimeError):
+    """A step cannot be back-traced from the run directory; the message names the file or value."""
+
     pass
 
 

@@ -52,6 +52,8 @@ class ModelSection:
 
 @dataclass
 class ParallelSection:
+    """The megatron-core parallel layout and its DDP/recomputation options (Megatron-LM names)."""
+
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     # Megatron-LM semantics: layers per virtual stage; None = no interleaving.
@@ -66,6 +68,9 @@ class ParallelSection:
 
 @dataclass
 class OptimizerSection:
+    """AdamW/SGD hyper-parameters, precision (bf16, fp8 through Transformer Engine), gradient
+    reduce dtype and the precision-aware optimizer's state dtypes (Megatron-LM names)."""
+
     optimizer: str = "adam"  # AdamW (decoupled weight decay), as Fanar Table 7
     lr: float = 3e-4
     min_lr: float = 3e-5
@@ -96,6 +101,8 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
+    """Batch sizes (incl. ramp-up), length, the learning-rate schedule and loss-spike handling."""
+
     micro_batch_size: int = 1
     global_batch_size: int = 8
     # Total optimizer steps. None: derived from the data curriculum's token budgets (with
@@ -132,6 +139,8 @@ class ScheduleSection:
 
 @dataclass
 class CheckpointSection:
+    """Where checkpoints go and come from, how often, and continual-pretraining initial weights."""
+
     save: Optional[str] = None  # checkpoint root; default <run_dir>/checkpoints
     load: Optional[str] = None  # resume from here (latest pointer); default = save
     save_interval: Optional[int] = None
@@ -146,6 +155,8 @@ class CheckpointSection:
 
 @dataclass
 class EvalSection:
+    """In-loop evaluation: validation sets, multiple-choice tasks, greedy generations."""
+
     eval_interval: Optional[int] = None
     eval_iters: int = 4  # micro-batches per validation set and DP rank
     # name -> dataset path prefix (.bin/.idx) of a validation set
@@ -159,6 +170,8 @@ class EvalSection:
 
 @dataclass
 class LoggingSection:
+    """Run directory, log cadence, TensorBoard/wandb and the peak used for MFU."""
+
     run_dir: str = "runs/default"
     log_interval: int = 1
     tensorboard: bool = True
@@ -174,6 +187,9 @@ class LoggingSection:
 
 @dataclass
 class TrainConfig:
+    """A whole recipe: typed sections, each field named as Megatron-LM's argument, loaded once by
+    :func:`load_config`; ``data`` is the curriculum's own typed config."""
+
     model: ModelSection = field(default_factory=ModelSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)

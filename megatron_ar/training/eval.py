@@ -72,6 +72,8 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 # multiple-choice tasks
 # ----------------------------------------------------------------------------------------------
 class TaskError(ValueError):
+    """A multiple-choice task file or request is malformed; the message names the file and line."""
+
     pass
 
 

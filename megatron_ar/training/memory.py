@@ -66,6 +66,8 @@ GIB = 1024 ** 3
 
 @dataclass
 class MemoryEstimate:
+    """The analytic per-GPU memory of one rank by category (GiB) and the parameters it holds."""
+
     params_per_rank: int
     weights_gib: float
     grads_gib: float

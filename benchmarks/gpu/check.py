@@ -169,24 +169,30 @@ def _our_logits(name: str, dtype, tokens, device: str):
 
     from megatron_ar.checkpoint import load_into_model
     from megatron_ar.models import build_model, forward_logits
+    from megatron_ar.runtime import to_host
 
     mc = common.model_config(name)
     chunks = build_model(mc, params_dtype=dtype)
     if dtype == torch.bfloat16:
         chunks = [Float16Module(c.config, c) for c in chunks]
     load_into_model(chunks, common.paths(args_folder(), name)["megatron"], model_config=mc)
-    return forward_logits(chunks, tokens, mc.vocab_size).float()
+    logits = forward_logits(chunks, tokens, mc.vocab_size).float()
+    # Our logits live on the training device; HF's on ``device``. Compare both on the host so
+    # the comparison is the same on a GPU and under the CPU layer's strict device emulation.
+    return to_host(logits)
 
 
 def _hf_logits(name: str, dtype, tokens, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from megatron_ar.runtime import to_host
+
     model = AutoModelForCausalLM.from_pretrained(common.paths(args_folder(), name)["hf"],
                                                  dtype=dtype, attn_implementation="eager")
     model = model.to(device).eval()
     with torch.no_grad():
-        return model(input_ids=tokens).logits.float()
+        return to_host(model(input_ids=tokens).logits.float())
 
 
 _FOLDER: List[str] = []

@@ -38,6 +38,9 @@ Design choices
 - Verified against megatron-core itself (tests/checkpoint/test_convert_parity.py): a TP=2 x PP=2
   model loaded from our checkpoint and saved with ``dist_checkpointing.save`` produces exactly
   our keys, global shapes, shard layout and values.
+- ``_extra_state`` (TE's FP8 state) is never written by the converter beyond what the local
+  modules themselves return (``None``); loading drops the ones a checkpoint lacks
+  (:mod:`.extra_state`), so converted checkpoints load into TE models.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from megatron_ar.checkpoint.errors import CheckpointError, ConfigMismatchError
+from megatron_ar.checkpoint.extra_state import drop_unsaved_extra_state, load_module_state
 from megatron_ar.models.config import ModelConfig, padded_vocab_size
 from megatron_ar.models.tp import tp_split_axes
 
@@ -484,9 +488,11 @@ def load_into_model(model_chunks: Sequence[torch.nn.Module], directory: str,
         if sh.allow_shape_mismatch and tuple(sh.global_shape[1:]) != found[sh.key][1:]:
             raise CheckpointError(f"{directory}: tensor {sh.key!r} has shape {found[sh.key]}, the "
                                   f"model expects (*, {tuple(sh.global_shape[1:])})")
+    # TE modules ask for ``_extra_state`` a converted (local-layout) checkpoint does not hold.
+    drop_unsaved_extra_state(sharded, directory)
     loaded = dist_checkpointing.load(sharded, directory)
     for i, m in enumerate(models):
-        m.load_state_dict(loaded[f"chunk{i}"], strict=True)
+        load_module_state(m, loaded[f"chunk{i}"], where=f"{directory} (model chunk {i})")
     return info
 
 

@@ -7,7 +7,8 @@ Public API (all importable from ``megatron_ar.models``)
 - ``from_hf_config``, ``to_hf_config``, ``weight_table``, ``WeightEntry``,
   ``hf_to_megatron``, ``megatron_to_hf``, ``entry_to_megatron``, ``entry_to_hf``,
   ``expected_shape``                                                        (models.hf)
-- ``layer_spec``, ``block_spec``, ``final_norm_spec``, ``te_available``      (models.spec)
+- ``layer_spec``, ``block_spec``, ``final_norm_spec``, ``te_available``,
+  ``LayerModules``, ``layer_modules``                                       (models.spec)
 - ``build_model``, ``build_model_chunk``, ``wrap_with_ddp``, ``unwrap``    (models.builder)
 - ``StepSpec``, ``forward_step``, ``run_schedule``, ``run_forward_backward``, ``forward_logits``,
   ``split_batch``, ``global_sums``                                          (models.step)
@@ -25,7 +26,8 @@ _EXPORTS = {
     "megatron_ar.models.hf": ("from_hf_config", "to_hf_config", "weight_table", "WeightEntry",
                               "hf_to_megatron", "megatron_to_hf", "entry_to_megatron",
                               "entry_to_hf", "expected_shape"),
-    "megatron_ar.models.spec": ("layer_spec", "block_spec", "final_norm_spec", "te_available"),
+    "megatron_ar.models.spec": ("layer_spec", "block_spec", "final_norm_spec", "te_available",
+                                 "LayerModules", "layer_modules"),
     "megatron_ar.models.builder": ("build_model", "build_model_chunk", "wrap_with_ddp",
                                    "unwrap"),
     "megatron_ar.models.step": ("StepSpec", "forward_step", "run_schedule",

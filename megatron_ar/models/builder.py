@@ -21,19 +21,21 @@ from megatron.core import parallel_state
 
 from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.modules import ArGPTModel, embedding_multiplier
-from megatron_ar.models.spec import block_spec
+from megatron_ar.models.spec import LayerModules, block_spec
 from megatron_ar.runtime.device import module_to_device
 
 
 def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = True,
                       post_process: bool = True, vp_stage: Optional[int] = None,
-                      use_te: Optional[bool] = None) -> ArGPTModel:
+                      use_te: Optional[bool] = None,
+                      modules: Optional[LayerModules] = None) -> ArGPTModel:
     """One GPTModel (pipeline stage / virtual stage) for ``cfg``."""
     tp = transformer_config.tensor_model_parallel_size
     return ArGPTModel(
         config=transformer_config,
         transformer_layer_spec=block_spec(cfg, transformer_config, use_te, vp_stage=vp_stage,
-                                          pp_rank=parallel_state.get_pipeline_model_parallel_rank()),
+                                          pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+                                          modules=modules),
         vocab_size=cfg.padded_vocab_size(tp),
         max_sequence_length=cfg.seq_length,
         pre_process=pre_process,
@@ -51,8 +53,12 @@ def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = 
 
 def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
                 params_dtype: torch.dtype = torch.float32, use_te: Optional[bool] = None,
-                transformer_config=None, **config_overrides) -> List[ArGPTModel]:
+                transformer_config=None, modules: Optional[LayerModules] = None,
+                **config_overrides) -> List[ArGPTModel]:
     """All model chunks of this rank for the current megatron-core parallel state.
+
+    ``modules`` overrides the layer classes ``use_te`` would pick (see
+    :class:`megatron_ar.models.spec.LayerModules`).
 
     ``transformer_config`` defaults to ``cfg.to_transformer_config`` with the sizes of the
     initialised parallel state; ``config_overrides`` go to that call.
@@ -71,7 +77,7 @@ def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
     for vp_stage in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        chunk = build_model_chunk(cfg, transformer_config, pre, post, vp_stage, use_te)
+        chunk = build_model_chunk(cfg, transformer_config, pre, post, vp_stage, use_te, modules)
         chunks.append(module_to_device(chunk))
     return chunks
 

@@ -18,12 +18,16 @@ Design choices
   ``DotProductAttention`` and our :class:`RMSNorm` for *every* norm (``WrappedTorchNorm`` refuses
   sequence parallelism). It keeps megatron-core's local ``sharded_state_dict_keys_map`` so
   dist checkpoints use TE-compatible keys and load into either variant.
+- The classes are data (:class:`LayerModules`): a custom or stand-in backend (tests use one that
+  carries ``_extra_state`` the way TE's modules do) is one more ``LayerModules`` value, not a
+  new builder.
 - Nothing is registered on import; builders are plain functions.
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import torch
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -72,35 +76,66 @@ def _core_attention_local(cfg: ModelConfig):
                       params={"logit_softcap": cfg.attn_logit_softcap})
 
 
-def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None) -> ModuleSpec:
-    """ModuleSpec of one transformer layer for ``cfg`` (``use_te=None``: auto-detect)."""
+@dataclass(frozen=True)
+class LayerModules:
+    """The classes a backend puts into the shared layer structure.
+
+    ``column_in`` is the input-side column-parallel linear (QKV, FC1); with a fused norm (TE's
+    ``TELayerNormColumnParallelLinear``) ``pre_norm`` is ``IdentityOp`` and the norm weight is a
+    parameter of ``column_in``. ``keys_map`` renames state-dict prefixes in the sharded state
+    dict so that every backend writes the same dist-checkpoint keys.
+    """
+
+    column_in: Any
+    row: Any
+    core_attention: Any
+    pre_norm: Any
+    branch_norm: Any
+    qk_norm: Any
+    final_norm: Any
+    keys_map: Dict[str, str] = field(default_factory=dict)
+
+
+def layer_modules(cfg: ModelConfig, use_te: Optional[bool] = None) -> LayerModules:
+    """The local (megatron-core + ours) or Transformer Engine module set for ``cfg``
+    (``use_te=None``: auto-detect)."""
     if use_te is None:
         use_te = te_available()
     norm = norm_spec(cfg)
     qk_norm = norm if cfg.qk_norm else IdentityOp
-    if use_te:
-        from megatron.core.extensions.transformer_engine import (
-            TEColumnParallelLinear,
-            TEDotProductAttention,
-            TELayerNormColumnParallelLinear,
-            TENorm,
-            TERowParallelLinear,
-        )
+    if not use_te:
+        return LayerModules(column_in=ColumnParallelLinear, row=RowParallelLinear,
+                            core_attention=_core_attention_local(cfg), pre_norm=norm,
+                            branch_norm=norm, qk_norm=qk_norm, final_norm=norm,
+                            keys_map=dict(LOCAL_SHARDED_KEYS_MAP))
+    from megatron.core.extensions.transformer_engine import (
+        TEColumnParallelLinear,
+        TEDotProductAttention,
+        TELayerNormColumnParallelLinear,
+        TENorm,
+        TERowParallelLinear,
+    )
 
-        fused_norm = cfg.norm != "rmsnorm_noparam"
-        column_in = TELayerNormColumnParallelLinear if fused_norm else TEColumnParallelLinear
-        pre_norm = IdentityOp if fused_norm else norm
-        branch_norm = TENorm if fused_norm else norm
-        if cfg.qk_norm and fused_norm:
-            qk_norm = TENorm
-        row = TERowParallelLinear
-        core = (_core_attention_local(cfg) if cfg.attn_logit_softcap else TEDotProductAttention)
-        keys_map = {}
-    else:
-        column_in, row = ColumnParallelLinear, RowParallelLinear
-        pre_norm = branch_norm = norm
-        core = _core_attention_local(cfg)
-        keys_map = dict(LOCAL_SHARDED_KEYS_MAP)
+    fused_norm = cfg.norm != "rmsnorm_noparam"
+    return LayerModules(
+        column_in=TELayerNormColumnParallelLinear if fused_norm else TEColumnParallelLinear,
+        row=TERowParallelLinear,
+        core_attention=(_core_attention_local(cfg) if cfg.attn_logit_softcap
+                        else TEDotProductAttention),
+        pre_norm=IdentityOp if fused_norm else norm,
+        branch_norm=TENorm if fused_norm else norm,
+        qk_norm=(TENorm if cfg.qk_norm and fused_norm else qk_norm),
+        final_norm=TENorm if fused_norm else norm,
+    )
+
+
+def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None,
+               modules: Optional[LayerModules] = None) -> ModuleSpec:
+    """ModuleSpec of one transformer layer for ``cfg``; ``modules`` (default:
+    :func:`layer_modules` of ``use_te``) picks the classes, the structure is the same."""
+    m = modules if modules is not None else layer_modules(cfg, use_te)
+    column_in, row, core = m.column_in, m.row, m.core_attention
+    pre_norm, branch_norm, qk_norm, keys_map = m.pre_norm, m.branch_norm, m.qk_norm, m.keys_map
 
     submodules = TransformerLayerSubmodules(
         input_layernorm=pre_norm,
@@ -130,22 +165,17 @@ def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None) -> ModuleSpec:
     return ModuleSpec(module=TransformerLayer, submodules=submodules)
 
 
-def final_norm_spec(cfg: ModelConfig, use_te: Optional[bool] = None):
-    if use_te is None:
-        use_te = te_available()
-    if use_te and cfg.norm != "rmsnorm_noparam":
-        from megatron.core.extensions.transformer_engine import TENorm
-
-        return TENorm
-    return norm_spec(cfg)
+def final_norm_spec(cfg: ModelConfig, use_te: Optional[bool] = None,
+                    modules: Optional[LayerModules] = None):
+    m = modules if modules is not None else layer_modules(cfg, use_te)
+    return m.final_norm
 
 
 def block_spec(cfg: ModelConfig, transformer_config, use_te: Optional[bool] = None,
-               vp_stage: Optional[int] = None, pp_rank: Optional[int] = None
-               ) -> TransformerBlockSubmodules:
+               vp_stage: Optional[int] = None, pp_rank: Optional[int] = None,
+               modules: Optional[LayerModules] = None) -> TransformerBlockSubmodules:
     """Decoder-block spec for the layers this (pipeline rank, virtual stage) builds."""
     n = get_num_layers_to_build(transformer_config, vp_stage=vp_stage, pp_rank=pp_rank)
-    return TransformerBlockSubmodules(
-        layer_specs=[layer_spec(cfg, use_te)] * n,
-        layer_norm=final_norm_spec(cfg, use_te),
-    )
+    m = modules if modules is not None else layer_modules(cfg, use_te)
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg, modules=m)] * n,
+                                      layer_norm=m.final_norm)

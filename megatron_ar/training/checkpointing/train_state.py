@@ -18,6 +18,9 @@ Design choices
   changed dataset or curriculum fails loudly unless the user asks to ignore it.
 - Initial weights (continual pretraining / ``--finetune``) load only the model part with
   ``strict`` key checks; no optimizer, scheduler, data or RNG state.
+- TE's ``_extra_state`` (FP8 scaling) is saved with the model; on load, the ones a checkpoint
+  lacks (saved by the local spec or converted from HF) are not requested and the modules keep
+  their own (:mod:`megatron_ar.checkpoint.extra_state`): checkpoints cross specs both ways.
 - Before loading, the requested tensor keys are checked against the checkpoint's metadata so
   that a checkpoint that cannot be resumed fails with its directory and the missing key named
   (and a hint: ``--no-load-optim`` when only optimizer state is missing), not deep inside
@@ -40,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_ar.checkpoint.extra_state import drop_unsaved_extra_state, load_module_state
 from megatron_ar.compat.optimizer import prepare_for_load, unshare_step_tensors
 from megatron_ar.training.checkpointing.optimizer_formats import (
     OPT_METADATA,
@@ -255,8 +259,9 @@ def load_checkpoint(state, path: str, ignore_data_change: bool = False) -> Dict[
         sd = model_sharded_state_dict(state.model)
         sd["opt_param_scheduler"] = state.scheduler.state_dict()
     check_loadable(sd, ckpt, plan)
+    drop_unsaved_extra_state(sd, ckpt)
     loaded = dist_checkpointing.load(sd, ckpt)
-    _load_model(state.model, loaded)
+    _load_model(state.model, loaded, ckpt)
     if load_optim:
         osd = loaded["optimizer"]
         if plan["cross"]:
@@ -322,18 +327,18 @@ def check_loadable(sd: Dict[str, Any], ckpt: str, plan: Optional[Dict[str, Any]]
                               f"checkpoint, first: {missing[0]!r}; {hint}")
 
 
-def _load_model(model, loaded: Dict[str, Any], strict: bool = True) -> None:
+def _load_model(model, loaded: Dict[str, Any], ckpt: str) -> None:
+    """Strict state-dict load of every chunk, except that a module keeps its own
+    ``_extra_state`` where the checkpoint has none (megatron_ar.checkpoint.extra_state)."""
     from megatron_ar.models.builder import unwrap
 
     model = unwrap(model)
-    if len(model) == 1:
-        model[0].load_state_dict(loaded["model"], strict=strict)
-    else:
-        for i, m in enumerate(model):
-            m.load_state_dict(loaded[f"model{i}"], strict=strict)
+    names = ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
+    for name, m in zip(names, model):
+        load_module_state(m, loaded[name], where=f"{ckpt} ({name})")
 
 
-def load_weights(model: List[torch.nn.Module], path: str, strict: bool = True) -> str:
+def load_weights(model: List[torch.nn.Module], path: str) -> str:
     """Load only model weights from a dist checkpoint (a training checkpoint or one written by
     the HF->Megatron converter) into ``model`` at any TP/PP. Returns the checkpoint dir."""
     from megatron.core import dist_checkpointing
@@ -343,6 +348,7 @@ def load_weights(model: List[torch.nn.Module], path: str, strict: bool = True) -
     # A converter checkpoint stores the model under "model" (single chunk); our training
     # checkpoints with several virtual chunks use model0..N. Both are keyed by ShardedTensor
     # keys, so the dict nesting only decides where the results land.
+    drop_unsaved_extra_state(sd, ckpt)
     loaded = dist_checkpointing.load(sd, ckpt)
-    _load_model(model, loaded, strict=strict)
+    _load_model(model, loaded, ckpt)
     return ckpt

@@ -59,11 +59,11 @@ Design choices and trade-offs
   the object collectives (``all_gather_object``, ``broadcast_object_list``) place their byte
   tensors on the group's device themselves.
 - Blind spots: ``UNKNOWN`` tensors never raise (data made in other threads or unpickled before
-  the layer was installed). The backward pass is not seen: torch 2.13 dispatches
-  ``torch.autograd.backward`` itself through the mode, and a mode is off while it handles a call,
-  so the autograd engine runs outside it (its ops are neither checked nor tagged; gradients are
-  tagged when read through ``.grad``; collectives issued in backward are still checked, the
-  wrappers live in the ``torch.distributed`` namespace). ``x.get_device()`` returns -1; a device
+  the layer was installed). In the backward pass the autograd engine's own C++ kernels are not
+  seen (gradients are tagged when read through ``.grad`` or returned by ``torch.autograd.grad``);
+  Python run by the engine -- custom autograd Functions, activation recomputation, collectives --
+  is, because the CPU layer keeps ``torch.autograd.backward``/``grad`` from handing themselves
+  to the mode (which would switch the mode off for the whole pass). ``x.get_device()`` returns -1; a device
   object rebuilt from another (``torch.device(x.device)``, ``Module.to(device)``'s parsing) reads
   as ``HOST``, which is why :func:`megatron_ar.runtime.module_to_device` uses ``Module.cuda``.
 - Cost: every op already pays the CPU layer's ``__torch_function__`` hop; strict mode replaces it
@@ -442,6 +442,15 @@ def _autograd_grad(mode, func, args, kwargs):
     return out
 
 
+def _grad_wrapper(orig):
+    def grad(*args, **kwargs):
+        return _autograd_grad(None, orig, args, kwargs)
+
+    grad.__wrapped__ = orig
+    grad.__doc__ = orig.__doc__
+    return grad
+
+
 def _device_get(mode, func, args, kwargs):
     dev = func(*args, **kwargs)
     return _DEVICE_OBJ[getattr(args[0], TAG)] if dev.type == "cpu" else dev  # meta stays meta
@@ -730,6 +739,9 @@ def strict_patches() -> List[Tuple[Any, str, Any]]:
     ]
     fake_cls, fake_device = _fake_device_property()
     patches.append((fake_cls, "device", fake_device))
+    # The CPU layer keeps torch.autograd.grad from handing itself to the mode (its
+    # has_torch_function patch), so the results are tagged here instead.
+    patches.append((torch.autograd, "grad", _grad_wrapper(torch.autograd.grad)))
     wrappers = {}
     for name in _COLLECTIVES:
         if hasattr(dist, name):

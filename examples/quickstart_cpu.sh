@@ -23,8 +23,7 @@ $PY -m torch.distributed.run --nproc_per_node 4 --master_port "${MASTER_PORT:-29
 
 ITER=$(cat "$RUN/checkpoints/latest_checkpointed_iteration.txt")
 CKPT=$(printf '%s/checkpoints/iter_%07d' "$RUN" "$ITER")
-rm -rf "$RUN/hf"
-$PY tools/checkpoint/convert.py --model-type llama --loader megatron --saver hf \
+$PY tools/checkpoint/convert.py --model-type llama --loader megatron --saver hf --overwrite \
   --load-dir "$CKPT" --save-dir "$RUN/hf" --tokenizer-dir .cache/quickstart/tokenizer
 
 $PY tools/plot_run.py "$RUN"

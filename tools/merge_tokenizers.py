@@ -25,10 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--target-vocab-size", type=int, required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--max-docs", type=int, default=20000, help="documents read per corpus")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace tokenizer files already in --output (other files are kept)")
     a = p.parse_args(argv)
     summary = merge_tokenizers(MergeConfig(
         tokenizers=a.tokenizer, output=a.output, target_vocab_size=a.target_vocab_size,
-        corpora=a.corpus, weights=a.weights, max_docs=a.max_docs))
+        corpora=a.corpus, weights=a.weights, max_docs=a.max_docs, overwrite=a.overwrite))
     if a.json:
         emit_json(summary)
     else:

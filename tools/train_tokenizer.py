@@ -30,12 +30,15 @@ def main(argv=None) -> int:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-key", default="text")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace tokenizer files already in --output (other files are kept)")
     a = p.parse_args(argv)
     cfg = TrainConfig(
         inputs=a.input, output=a.output, algorithm=a.algorithm, vocab_size=a.vocab_size,
         segmenter=a.segmenter, special_tokens=tuple(a.special_tokens), reserved=a.reserved,
         sample=parse_sample_specs(a.sample), min_frequency=a.min_frequency,
         max_chars=a.max_chars, seed=a.seed, text_key=a.text_key, show_progress=True,
+        overwrite=a.overwrite,
     )
     summary = train_tokenizer(cfg)
     if a.json:

@@ -16,9 +16,11 @@ Design choices
   tensor present with the expected shape (derived from the meta model), no unused tensors, a
   single dtype. A tied checkpoint that still carries ``lm_head.weight`` is accepted only if it
   equals the embedding.
-- Output goes to a temporary directory next to the target, renamed on success and removed on
-  any error (:func:`megatron_ar.io.atomic.publish_dir`). An existing ``save_dir`` is refused
-  unless ``overwrite=True``.
+- Output goes to a temporary directory next to the target, published on success and removed
+  on any error (:func:`megatron_ar.io.outputs.publish_into_dir`). A ``save_dir`` that already
+  holds a checkpoint is refused unless ``overwrite=True``, which replaces only the checkpoint's
+  own files (:data:`OWNED_OUTPUTS`); other files in it are never deleted. A ``save_dir`` that
+  is, holds or lies inside the load or tokenizer directory is refused.
 - The Megatron checkpoint keeps the HF dtype (bf16 stays bf16) so the round trip is
   bit-identical; training casts on load as it needs.
 - Tokenizer files are copied from ``tokenizer_dir`` when given (an error if it has none), else
@@ -44,12 +46,21 @@ from megatron_ar.checkpoint.mapping import (
     to_megatron,
     weight_table,
 )
-from megatron_ar.io.atomic import publish_dir
+from megatron_ar.io.outputs import OutputError, check_dir_output, publish_into_dir, refuse_overlap
 from megatron_ar.io.safetensors import SafetensorsReader, ShardedSafetensorsWriter
 from megatron_ar.models.config import ConfigError, ModelConfig
 
 LOADERS = ("hf", "megatron")
 SAVERS = ("megatron", "hf")
+#: What each saver owns in ``save_dir`` (megatron_ar.io.outputs): these are replaced with
+#: ``overwrite`` (stale ones removed, so no old shard outlives the new index), anything else in
+#: the directory is left alone.
+OWNED_OUTPUTS = {
+    "megatron": dict(names=(".metadata", "metadata.json", "common.pt", "model_config.json",
+                            "tokenizer"), patterns=("*.distcp",)),
+    "hf": dict(names=("config.json", "generation_config.json", "model.safetensors.index.json")
+               + TOKENIZER_FILES, patterns=("*.safetensors",)),
+}
 
 
 @dataclass
@@ -291,13 +302,14 @@ def convert(model_type: str, loader: str, saver: str, load_dir: str, save_dir: s
     if not os.path.isdir(load_dir):
         raise CheckpointError(f"load directory {load_dir!r} does not exist")
     save_dir = os.path.abspath(save_dir)
-    if os.path.exists(save_dir) and not overwrite:
-        raise CheckpointError(f"save directory {save_dir!r} already exists (pass overwrite=True / "
-                              "--overwrite to replace it)")
-    if os.path.abspath(load_dir) == save_dir:
-        raise CheckpointError("load and save directories are the same")
+    owned = OWNED_OUTPUTS[saver]
+    try:
+        refuse_overlap([save_dir], [load_dir, tokenizer_dir], key="--save-dir")
+        check_dir_output(save_dir, overwrite=overwrite, key="--save-dir", **owned)
+    except OutputError as exc:
+        raise CheckpointError(str(exc)) from None
     start = time.time()
-    with publish_dir(save_dir, exist="replace" if overwrite else "error") as tmp:
+    with publish_into_dir(save_dir, overwrite=overwrite, key="--save-dir", **owned) as tmp:
         if loader == "hf":
             facts = _hf_to_megatron(model_type, load_dir, tmp, target_tensor_parallel_size,
                                     target_pipeline_parallel_size, progress)

@@ -24,14 +24,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import publish_files
+from megatron_ar.io.outputs import refuse_overlap
 
 
-def normalize_prefix(path: str) -> str:
-    """Accept ``prefix``, ``prefix.bin`` or ``prefix.idx``; check both files exist."""
+def normalize_prefix(path: str, must_exist: bool = True) -> str:
+    """Accept ``prefix``, ``prefix.bin`` or ``prefix.idx``; check both files exist (unless
+    ``must_exist`` is off: an output prefix)."""
     for ext in (".bin", ".idx"):
         if path.endswith(ext):
             path = path[: -len(ext)]
-    for ext in (".bin", ".idx"):
+    for ext in ((".bin", ".idx") if must_exist else ()):
         if not os.path.isfile(path + ext):
             raise FileNotFoundError(f"{path + ext}: no such indexed-dataset file")
     return path
@@ -106,6 +108,9 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
     if not prefixes:
         raise ValueError("merge_datasets: no input prefix")
     prefixes = [normalize_prefix(p) for p in prefixes]
+    output_prefix = normalize_prefix(output_prefix, must_exist=False)
+    refuse_overlap([output_prefix + ".bin", output_prefix + ".idx"],
+                   [p + ext for p in prefixes for ext in (".bin", ".idx")], key="--output-prefix")
     dtypes = {p: np.dtype(open_dataset(p).index.dtype) for p in prefixes}
     first = dtypes[prefixes[0]]
     for p, dt in dtypes.items():

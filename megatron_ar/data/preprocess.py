@@ -48,6 +48,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import publish_files
+from megatron_ar.io.outputs import refuse_overlap
 from megatron_ar.io.compression import open_binary
 from megatron_ar.io.records import ErrorStats, RecordError, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
@@ -319,6 +320,10 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
 
     t0 = time.time()
     paths = expand_inputs(cfg.input)
+    work = os.path.abspath(cfg.output_prefix) + ".work"
+    outs = [p for k in cfg.json_keys for p in cfg.output_paths(k)]
+    refuse_overlap(outs + [work], paths + ([cfg.tokenizer_model] if cfg.tokenizer_model else []),
+                   key="--output-prefix")
     nparts = cfg.effective_partitions()
     offsets: dict = {}
     if nparts > 1:  # the round-robin partition index runs over lines of all files in order
@@ -329,7 +334,6 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     procs = max(1, min(cfg.workers, len(paths)))
     threads = max(1, cfg.workers // procs)
     os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # HF encode_batch thread pool
-    work = os.path.abspath(cfg.output_prefix) + ".work"
     opts = {"cfg": cfg, "line_offsets": offsets, "threads": threads}
     summary = run_shards(paths, work, _encode_shard, workers=procs, desc="preprocess",
                          resume=resume, options=opts, on_error=cfg.on_error, progress=progress)

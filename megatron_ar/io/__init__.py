@@ -10,6 +10,8 @@ for torch and the safetensors module never for tqdm):
   located (``file:line: kind: detail``), ``--on-error skip`` statistics, input globbing.
 - :mod:`~megatron_ar.io.atomic`: the one atomic publisher of files and directories
   (``.<name>.tmp-<host>-<pid>`` beside the target, fsync + rename) and stale-temp cleanup.
+- :mod:`~megatron_ar.io.outputs`: the output rule of every tool (never over an input; existing
+  outputs only with ``--overwrite``; foreign files in an output directory are never touched).
 - :mod:`~megatron_ar.io.shards`: run a function over input files with processes, progress and
   resume.
 - :mod:`~megatron_ar.io.summary`: per-shard summary merging; a summary as a table and/or one JSON

@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from megatron_ar.io.atomic import remove_stale_temps, write_json_atomic
+from megatron_ar.io.outputs import refuse_overlap
 from megatron_ar.io.summary import merge_summaries
 
 __all__ = ["ShardTask", "ShardRunner", "run_shards"]
@@ -152,13 +153,12 @@ class ShardRunner:
 
     def run(self) -> dict:
         t0 = time.time()
+        # Output names follow the input names: an output folder that holds (or lies inside) an
+        # input would write over it (megatron_ar.io.outputs).
+        refuse_overlap([self.out_dir], self.inputs, key="--output-dir")
         os.makedirs(self.marker_dir, exist_ok=True)
         self._remove_stale_temps()
         tasks = self.tasks()
-        for t in tasks:
-            if os.path.abspath(t.output_path()) == os.path.abspath(t.input_path):
-                raise ValueError(f"output {t.output_path()!r} would overwrite its input; "
-                                 "choose another output directory")
         total = 0
         summary: dict = {}
         todo: list[ShardTask] = []

@@ -51,6 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.outputs import OutputError, refuse_overlap
 from megatron_ar.io.records import ErrorStats, dump_record, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
 
@@ -435,6 +436,11 @@ def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optiona
     t0 = time.time()
     paths = expand_inputs(inputs)
     work_dir = work_dir or (os.path.abspath(output) + ".work")
+    refuse_overlap([output], paths, key="--output")
+    refuse_overlap([clusters_path] if clusters_path else [], paths, key="--clusters")
+    refuse_overlap([work_dir], paths, key="--work-dir")
+    if clusters_path and os.path.realpath(clusters_path) == os.path.realpath(output):
+        raise OutputError(f"--clusters {clusters_path}: is the --output file")
     procs = max(1, min(workers, len(paths)))
     if cfg.threads <= 0:  # spread the cores: processes over files, C++ threads inside each
         cfg = dataclasses.replace(cfg, threads=max(1, workers // procs))

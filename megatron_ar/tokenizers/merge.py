@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .io import iter_texts, load_tokenizer, tokenizer_file
-from .morphbpe import bytes_to_unicode, write_tokenizer_dir
+from .morphbpe import bytes_to_unicode, check_tokenizer_output, write_tokenizer_dir
 
 __all__ = ["MergeConfig", "merge_tokenizers", "merge_application_counts", "check_closed"]
 
@@ -50,6 +50,7 @@ class MergeConfig:
     max_docs: Optional[int] = 20000
     text_key: str = "text"
     extra_special_tokens: list[str] = field(default_factory=list)
+    overwrite: bool = False
 
     def validate(self) -> None:
         if len(self.tokenizers) < 2:
@@ -69,6 +70,8 @@ class MergeConfig:
                 raise ValueError("MergeConfig.weights: one weight per tokenizer")
             if any(not w > 0 for w in self.weights):
                 raise ValueError(f"MergeConfig.weights: must be > 0, got {self.weights}")
+        inputs = list(self.tokenizers) + [p for c in (self.corpora or []) for p in c]
+        check_tokenizer_output(self.output, inputs, self.overwrite)
 
 
 class _Source:
@@ -230,7 +233,7 @@ def merge_tokenizers(cfg: MergeConfig) -> dict:
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in all_special])
     if tok.get_vocab_size() != cfg.target_vocab_size:
         raise RuntimeError(f"internal: {tok.get_vocab_size()} != {cfg.target_vocab_size}")
-    write_tokenizer_dir(tok, all_special, cfg.output)
+    write_tokenizer_dir(tok, all_special, cfg.output, overwrite=cfg.overwrite)
 
     per_source = []
     sets = [set(s.merges) for s in sources]

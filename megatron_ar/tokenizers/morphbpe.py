@@ -51,9 +51,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from megatron_ar.io.atomic import publish_dir
+from megatron_ar.io.outputs import check_dir_output, publish_into_dir, refuse_overlap
 
-from .io import iter_texts_with_category
+from .io import iter_texts_with_category, split_category_spec
 from .segmenter import ARABIC_WORD_RE, DIACRITICS, get_segmenter, strip_diacritics
 
 __all__ = [
@@ -102,6 +102,7 @@ class TrainConfig:
     seed: int = 0
     text_key: str = "text"
     show_progress: bool = True
+    overwrite: bool = False
 
     def validate(self) -> None:
         if not self.inputs:
@@ -129,6 +130,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.sample[{cat!r}]: ratio must be > 0, got {r}")
         if self.min_frequency < 1:
             raise ValueError(f"TrainConfig.min_frequency: must be >= 1, got {self.min_frequency}")
+        check_tokenizer_output(self.output, self.inputs, self.overwrite)
 
 
 def parse_sample_specs(specs: list[str]) -> dict[str, float]:
@@ -286,10 +288,24 @@ def _pre_tokenizer_json() -> str:
     return json.dumps(json.loads(t.to_str())["pre_tokenizer"])
 
 
-def write_tokenizer_dir(tok, special_tokens, out_dir: str) -> None:
-    """Write tokenizer.json + tokenizer_config.json via a temp dir renamed on success
-    (:func:`megatron_ar.io.atomic.publish_dir`; an existing ``out_dir`` is replaced)."""
-    with publish_dir(out_dir, exist="replace") as tmp:
+#: What a tokenizer tool writes into its output directory (nothing else there is touched).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer_output(out_dir: str, inputs, overwrite: bool) -> None:
+    """The output rule (:mod:`megatron_ar.io.outputs`) for a tokenizer directory: never over an
+    input (``CATEGORY=PATH`` specs and directories included), existing tokenizer files only with
+    ``overwrite``."""
+    paths = [split_category_spec(os.fspath(i))[1] for i in inputs]
+    refuse_overlap([out_dir], paths)
+    check_dir_output(out_dir, overwrite=overwrite, names=TOKENIZER_FILES)
+
+
+def write_tokenizer_dir(tok, special_tokens, out_dir: str, overwrite: bool = False) -> None:
+    """Write tokenizer.json + tokenizer_config.json into ``out_dir`` via a temp dir
+    (:func:`megatron_ar.io.outputs.publish_into_dir`): other files in ``out_dir`` are kept;
+    existing tokenizer files are replaced only with ``overwrite``."""
+    with publish_into_dir(out_dir, overwrite=overwrite, names=TOKENIZER_FILES) as tmp:
         tok.save(os.path.join(tmp, "tokenizer.json"))
         sp = list(special_tokens)
         conf = {
@@ -365,7 +381,7 @@ def train_tokenizer(cfg: TrainConfig) -> dict:
         raise RuntimeError(
             f"internal: vocabulary has {tok.get_vocab_size()} entries, expected {cfg.vocab_size}"
         )
-    write_tokenizer_dir(tok, cfg.special_tokens, cfg.output)
+    write_tokenizer_dir(tok, cfg.special_tokens, cfg.output, overwrite=cfg.overwrite)
     seconds = time.perf_counter() - t0
     return {
         "algorithm": cfg.algorithm,

@@ -71,7 +71,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from megatron_ar.io.atomic import publish_dir
+from megatron_ar.io.outputs import OutputError, check_dir_output, publish_into_dir, refuse_overlap
 
 __all__ = ["PruneConfig", "PruneResult", "PruneError", "prune_vocab", "load_bpe_tokenizer",
            "select_vocab", "bpe_trace", "build_pruned_tokenizer", "make_id_map"]
@@ -79,6 +79,11 @@ __all__ = ["PruneConfig", "PruneResult", "PruneError", "prune_vocab", "load_bpe_
 _BYTE_RE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "tokenizer.model", "added_tokens.json")
+#: What a pruning run owns in its output directory (tokenizer, id map, summary, the pruned HF
+#: checkpoint); other files there are never touched (megatron_ar.io.outputs).
+_OUTPUT_NAMES = _TOKENIZER_FILES + ("id_map.npy", "prune_summary.json", "config.json",
+                                    "generation_config.json", "model.safetensors.index.json")
+_OUTPUT_PATTERNS = ("*.safetensors",)
 
 
 class PruneError(ValueError):
@@ -123,11 +128,16 @@ class PruneConfig:
             raise PruneError(f"PruneConfig.cache_old_ids: must be >= 0, got {self.cache_old_ids}")
         if self.batch_docs <= 0:
             raise PruneError(f"PruneConfig.batch_docs: must be > 0, got {self.batch_docs}")
-        if os.path.exists(self.output) and not self.overwrite:
-            raise PruneError(f"PruneConfig.output: {self.output} exists "
-                             f"(pass --overwrite / overwrite=True to replace it)")
         if self.checkpoint is not None and not os.path.isdir(self.checkpoint):
             raise PruneError(f"PruneConfig.checkpoint: {self.checkpoint}: not a directory")
+        inputs = [self.tokenizer, self.checkpoint] + [
+            split_category_spec(os.fspath(s))[1] for s in (*self.corpus, *self.heldout)]
+        try:
+            refuse_overlap([self.output], [i for i in inputs if i])
+            check_dir_output(self.output, overwrite=self.overwrite, names=_OUTPUT_NAMES,
+                             patterns=_OUTPUT_PATTERNS)
+        except OutputError as exc:
+            raise PruneError(f"PruneConfig.output: {exc}") from None
 
 
 @dataclass
@@ -595,7 +605,8 @@ def prune_vocab(cfg: PruneConfig) -> PruneResult:
     secs["select"] = time.perf_counter() - t
 
     out = os.path.abspath(cfg.output)
-    with publish_dir(out, exist="replace" if cfg.overwrite else "error") as tmp:
+    with publish_into_dir(out, overwrite=cfg.overwrite, names=_OUTPUT_NAMES,
+                          patterns=_OUTPUT_PATTERNS) as tmp:
         t = time.perf_counter()
         new_tok, renumbered, n_merges = _write_tokenizer(m, src_dir, tmp, sel.keep, id_map)
         np.save(os.path.join(tmp, "id_map.npy"), id_map)

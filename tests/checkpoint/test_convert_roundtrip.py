@@ -186,9 +186,23 @@ def test_tied_lm_head_must_equal_embedding(hf_dirs, tmp_path):
 
 
 def test_existing_save_dir_and_bad_parallel_sizes(hf_dirs, tmp_path):
-    (tmp_path / "out").mkdir()
-    with pytest.raises(CheckpointError, match="already exists"):
-        convert("llama", "hf", "megatron", hf_dirs["llama"], str(tmp_path / "out"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a foreign file: allowed, never touched
+    convert("llama", "hf", "megatron", hf_dirs["llama"], str(out), progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(CheckpointError, match="already holds this tool's output"):
+        convert("llama", "hf", "megatron", hf_dirs["llama"], str(out))
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(CheckpointError, match="contains the input"):
+        convert("llama", "hf", "megatron", hf_dirs["llama"], os.path.dirname(hf_dirs["llama"]),
+                overwrite=True)
+    with pytest.raises(CheckpointError, match="lies inside the input"):
+        convert("llama", "hf", "megatron", hf_dirs["llama"],
+                os.path.join(hf_dirs["llama"], "meg"), overwrite=True)
+    # --overwrite replaces the checkpoint's own files; the foreign one stays.
+    convert("llama", "hf", "megatron", hf_dirs["llama"], str(out), overwrite=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model_config.json").is_file()
     with pytest.raises(ConfigMismatchError, match="num_query_groups=2"):
         convert("gemma2", "hf", "megatron", hf_dirs["gemma2"], str(tmp_path / "o2"),
                 target_tensor_parallel_size=4)

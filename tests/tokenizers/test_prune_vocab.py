@@ -407,8 +407,13 @@ def test_bad_inputs_name_the_culprit(work, gemma_tokenizer_dir, id_map, tiny_unt
     with pytest.raises(PruneError, match="corpus.*missing.jsonl"):
         prune_vocab(PruneConfig(gemma_tokenizer_dir, [str(work / "missing.jsonl")],
                                 str(work / "o1")))
-    with pytest.raises(PruneError, match="output.*exists"):
-        prune_vocab(PruneConfig(gemma_tokenizer_dir, [good], str(work)))
+    with pytest.raises(PruneError, match="output.*contains the input.*corpus.jsonl"):
+        prune_vocab(PruneConfig(gemma_tokenizer_dir, [good], str(work), overwrite=True))
+    held = work / "held"
+    held.mkdir(exist_ok=True)
+    (held / "tokenizer.json").write_text("{}")
+    with pytest.raises(PruneError, match=r"output.*already holds.*tokenizer.json.*--overwrite"):
+        prune_vocab(PruneConfig(gemma_tokenizer_dir, [good], str(held)))
     with pytest.raises(PruneError, match="target_vocab_size.*256000"):
         select_vocab(bpe_model, np.zeros(bpe_model.size, np.int64), 300000)
     with pytest.raises(PruneError, match="target_vocab_size.*protected"):

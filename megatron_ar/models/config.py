@@ -167,6 +167,22 @@ class ModelConfig:
             return tuple(True for _ in range(self.num_layers))
         return tuple(i % 2 == 0 for i in range(self.num_layers))
 
+    def check_layout(self, tp: int, pp: int = 1, vpp: Optional[int] = None,
+                     sequence_parallel: bool = False, where: str = "parallel") -> None:
+        """Raise :class:`ConfigError` when the model cannot be split this way: TP must divide
+        the attention heads and the query groups (megatron-core splits both), PP x VPP the
+        layers, and sequence parallelism needs TP >= 2."""
+        if sequence_parallel and tp < 2:
+            raise ConfigError(f"{where}: sequence_parallel needs tensor_model_parallel_size >= 2")
+        if self.num_attention_heads % tp or self.groups % tp:
+            raise ConfigError(f"{where}: tensor_model_parallel_size={tp} must divide "
+                              f"num_attention_heads={self.num_attention_heads} and "
+                              f"num_query_groups={self.groups} of model {self.name!r}")
+        if self.num_layers % (pp * (vpp or 1)):
+            raise ConfigError(f"{where}: num_layers={self.num_layers} of model {self.name!r} is "
+                              f"not divisible by pipeline_model_parallel_size x virtual stages "
+                              f"= {pp} x {vpp or 1}")
+
     def padded_vocab_size(self, tp: int = 1, divisible_by: int = 128) -> int:
         return padded_vocab_size(self.vocab_size, tp, divisible_by)
 
@@ -221,14 +237,7 @@ class ModelConfig:
 
         from megatron_ar.compat.p2p import batch_p2p_comm
 
-        if sequence_parallel and tp < 2:
-            raise ConfigError("to_transformer_config: sequence_parallel needs tp >= 2")
-        if self.num_attention_heads % tp or self.groups % tp:
-            raise ConfigError(f"to_transformer_config: tp={tp} must divide num_attention_heads"
-                              f"={self.num_attention_heads} and num_query_groups={self.groups}")
-        if self.num_layers % (pp * (vpp or 1)):
-            raise ConfigError(f"to_transformer_config: num_layers={self.num_layers} not "
-                              f"divisible by pp*vpp={pp * (vpp or 1)}")
+        self.check_layout(tp, pp, vpp, sequence_parallel, where="to_transformer_config")
         on_gpu = torch.cuda.is_available()
         window = None
         skip = None

@@ -412,6 +412,10 @@ def build_run_plan(cfg: TrainConfig, world_size: int, curriculum: Any = "auto",
     if model_config is None:
         model_config = model_config_from(cfg)
     layout = _layout(cfg, world_size, model_config.num_layers)
+    try:
+        model_config.check_layout(layout.tp, layout.pp, layout.vpp, layout.sequence_parallel)
+    except ValueError as exc:  # the model layer's ConfigError: the recipe's error here
+        raise ConfigError(str(exc)) from None
     s = cfg.schedule
     warnings: List[str] = []
     if curriculum == "auto":

@@ -1,6 +1,7 @@
 """The run plan (megatron_ar.training.plan): one resolution of a recipe that the trainer, the dry
 run and the planning tools share. Hand arithmetic and megatron-core's own scheduler and batch
 calculator are the oracles."""
+import os
 import types
 
 import pytest
@@ -143,3 +144,20 @@ def test_dry_run_report_prints_the_resolved_plan(tmp_path):
     assert "phase broad: 25,600 tokens, 25 steps (0..24)" in text
     assert "phase cooldown: 40,000 tokens, 40 steps (25..64), lr linear_to_zero" in text
     assert "train iters: 65" in text and "cool-down 40" in text
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tensor-model-parallel-size", "3"],
+     "tensor_model_parallel_size=3 must divide num_attention_heads=32 and num_query_groups=32"),
+    (["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "3"],
+     "num_layers=32 of model 'fanar-star-7b' is not divisible by pipeline_model_parallel_size"),
+    (["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "4",
+      "--num-layers-per-virtual-pipeline-stage", "3"], "num_layers 32 is not divisible"),
+])
+def test_plan_refuses_layouts_the_model_cannot_take(flags, message):
+    # The real recipe at 168 GPUs: 168 is divisible by every TP x PP here, so only the model's
+    # own divisibility can refuse it (before any process group or allocation).
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = load_config(os.path.join(repo, "examples", "recipes", "fanar_star_7b.yaml"), flags)
+    with pytest.raises(ConfigError, match=message):
+        build_run_plan(cfg, 168)

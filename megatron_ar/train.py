@@ -24,6 +24,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="with --dry-run: fail (exit 2) when the per-GPU peak does not fit")
     ap.add_argument("--analytic-only", action="store_true",
                     help="with --dry-run: skip the fake-tensor run of the most loaded rank")
+    ap.add_argument("--skip-input-checks", action="store_true",
+                    help="with --dry-run: do not check that the recipe's paths exist and that the "
+                         "vocabulary covers the data (planning before the data is there)")
     args, overrides = ap.parse_known_args(argv)
     import warnings
 
@@ -42,7 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from megatron_ar.training.dryrun import print_plan
 
             print_plan(cfg, args.world_size, as_json=args.json,          # plan only
-                       analytic_only=args.analytic_only, gpu_memory_gib=args.gpu_memory_gib)
+                       analytic_only=args.analytic_only, gpu_memory_gib=args.gpu_memory_gib,
+                       check_inputs=not args.skip_input_checks)
             return 0
         # Before the first CUDA call: megatron-core's TP communication overlap needs it.
         check_cuda_device_max_connections(cfg.parallel.tensor_model_parallel_size, 1,

@@ -92,6 +92,60 @@ def dataset_info(prefix: str) -> dict:
     return info
 
 
+#: Tokens read per chunk by :func:`max_token_id` (256 MiB of int32).
+_SCAN_CHUNK = 64 * 1024 * 1024
+
+
+def max_token_id(prefix: str, cache_dir: Optional[str] = None, progress: bool = False) -> int:
+    """The largest token id in ``prefix.bin`` (-1 for an empty dataset).
+
+    One sequential pass over the ``.bin`` (memory-mapped, in chunks), so a terabyte corpus costs
+    one read; with ``cache_dir`` the answer is kept in ``cache_dir/token-ids/`` keyed by the
+    absolute path, size and modification time of both files, and later runs read it back.
+    """
+    import hashlib
+    import json
+
+    from megatron_ar.io.atomic import write_json_atomic
+
+    prefix = normalize_prefix(prefix)
+    key = []
+    for ext in (".bin", ".idx"):
+        st = os.stat(prefix + ext)
+        key.append(f"{os.path.abspath(prefix + ext)}:{st.st_size}:{st.st_mtime_ns}")
+    cache = None
+    if cache_dir:
+        digest = hashlib.sha256("|".join(key).encode()).hexdigest()[:24]
+        cache = os.path.join(cache_dir, "token-ids", f"{os.path.basename(prefix)}-{digest}.json")
+        try:
+            with open(cache, encoding="utf-8") as f:
+                return int(json.load(f)["max_token_id"])
+        except (OSError, ValueError, KeyError):
+            pass
+    dtype = np.dtype(open_dataset(prefix).index.dtype)
+    n = os.path.getsize(prefix + ".bin") // dtype.itemsize
+    best = -1
+    if n:
+        data = np.memmap(prefix + ".bin", dtype=dtype, mode="r", shape=(n,))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="tok", unit_scale=True, desc=f"token ids {os.path.basename(prefix)}")
+        for start in range(0, n, _SCAN_CHUNK):
+            chunk = data[start:start + _SCAN_CHUNK]
+            best = max(best, int(chunk.max()))
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        del data
+    if cache is not None:
+        write_json_atomic(cache, {"prefix": os.path.abspath(prefix), "key": key,
+                                  "max_token_id": best})
+    return best
+
+
 def datasets_info(prefixes: Sequence[str]) -> dict:
     """Per-prefix info plus totals (documents, sequences, tokens, bytes) over all prefixes."""
     per = [dataset_info(p) for p in prefixes]

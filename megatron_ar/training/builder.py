@@ -148,6 +148,7 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     layout = init_distributed(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
                               vpp=vpp, seed=cfg.schedule.seed)
     cfg.num_microbatches(layout.world_size)  # validates batch arithmetic, naming the key
+    check_run_inputs(cfg, mc, layout)
     os.makedirs(cfg.logging.run_dir, exist_ok=True)
     data = build_data(cfg)
     plan = build_run_plan(cfg, layout.world_size, curriculum=data.plan, model_config=mc)
@@ -172,6 +173,20 @@ def build_run(cfg: TrainConfig, callbacks: Optional[List[Any]] = None):
     if layout.rank == 0:
         save_config(cfg, os.path.join(cfg.logging.run_dir, "config.yaml"))
     return state
+
+
+def check_run_inputs(cfg: TrainConfig, mc, layout) -> None:
+    """Paths and vocabulary coverage (megatron_ar.training.inputs), checked by rank 0 and agreed
+    on by every rank, so all of them stop with the same error before anything is built."""
+    import torch.distributed as dist
+
+    from megatron_ar.training.inputs import input_problems
+
+    problems = [input_problems(cfg, mc, layout.tp, progress=True) if layout.rank == 0 else None]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(problems, src=0)
+    if problems[0]:
+        raise ConfigError("the recipe's inputs: " + "; ".join(problems[0]))
 
 
 def load_initial_weights(model, path: str, mc) -> None:

@@ -49,11 +49,14 @@ def probe_for_plan(cfg: TrainConfig, world_size: int, gpu_memory_gib: Optional[f
 
 
 def print_plan(cfg: TrainConfig, world_size: Optional[int] = None, as_json: bool = False,
-               analytic_only: bool = False, gpu_memory_gib: Optional[float] = None) -> Dict[str, Any]:
+               analytic_only: bool = False, gpu_memory_gib: Optional[float] = None,
+               check_inputs: bool = True) -> Dict[str, Any]:
     """The dry run: the plan, the analytic memory and (unless ``analytic_only``) the memory
     measured on fake tensors for the most loaded rank. With ``gpu_memory_gib`` a layout whose
     peak does not fit raises :class:`~megatron_ar.training.memory_probe.MemoryLimitError` (the
-    estimate's, with ``analytic_only``) after printing the figures."""
+    estimate's, with ``analytic_only``) after printing the figures. ``check_inputs``: the
+    recipe's paths and vocabulary coverage (:mod:`megatron_ar.training.inputs`); problems are
+    printed and raise :class:`ConfigError` at the end (off: planning before the data exists)."""
     import json
     import os
 
@@ -62,6 +65,20 @@ def print_plan(cfg: TrainConfig, world_size: Optional[int] = None, as_json: bool
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     pl = plan_run(cfg, world)
     print(format_plan(pl))
+    problems = None
+    if check_inputs:
+        from megatron_ar.training.inputs import input_problems
+        from megatron_ar.training.plan import model_config_from
+
+        problems = input_problems(cfg, model_config_from(cfg),
+                                  cfg.parallel.tensor_model_parallel_size, progress=True)
+        print("inputs: " + ("all found, vocabulary covers the data" if not problems else
+                            f"{len(problems)} problem(s)"))
+        for msg in problems:
+            print(f"  {msg}")
+    else:
+        print("inputs: not checked (--skip-input-checks)")
+    pl["input_problems"] = problems
     limit_error = None
     if not analytic_only:
         try:
@@ -79,6 +96,8 @@ def print_plan(cfg: TrainConfig, world_size: Optional[int] = None, as_json: bool
                                   f"per GPU does not fit in --gpu-memory-gib {gpu_memory_gib:g}")
     if as_json:
         print(json.dumps(pl, default=str))
+    if problems:
+        raise ConfigError("the recipe's inputs: " + "; ".join(problems))
     if limit_error is not None:
         raise limit_error
     return pl

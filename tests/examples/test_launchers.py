@@ -29,8 +29,16 @@ def test_shellcheck_clean():
 
 def test_sbatch_dry_run_prints_plan():
     script = os.path.join(REPO, "examples", "slurm", "fanar_star_7b.sbatch")
-    proc = subprocess.run(["bash", script, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    # The cluster's datasets are not here: planning without them needs --skip-input-checks ...
+    proc = subprocess.run(["bash", script, "--dry-run", "--skip-input-checks"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout.lower()
     # the layout and batch arithmetic of 21 nodes x 8 GPUs, and a memory estimate
     assert "168" in out and "gib" in out, proc.stdout[-3000:]
+    # ... and without it the dry run refuses, naming each missing dataset by its recipe key.
+    refused = subprocess.run(["bash", script, "--dry-run", "--analytic-only"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert refused.stderr.startswith("error: the recipe's inputs: model.tokenizer: ")
+    assert "; data.datasets.ar: /data/" in refused.stderr

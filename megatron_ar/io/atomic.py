@@ -44,6 +44,7 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
     "remove_stale_temps",
+    "fresh_temp_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,16 @@ def publish_file(path: str) -> Iterator[str]:
         yield tmp
 
 
+def fresh_temp_dir(final: str) -> str:
+    """The empty temp directory of ``final`` for this process (parent created, a leftover of an
+    earlier process with our pid removed)."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = temp_path(final)
+    _remove(tmp)
+    os.makedirs(tmp)
+    return tmp
+
+
 @contextlib.contextmanager
 def publish_dir(path: str, *, exist: str = "error") -> Iterator[str]:
     """Yield an empty temp directory for ``path``; fill it in the block. On success its files are
@@ -137,10 +148,7 @@ def publish_dir(path: str, *, exist: str = "error") -> Iterator[str]:
         raise ValueError(f"publish_dir: exist must be error|replace|keep, got {exist!r}")
     final = os.path.abspath(path)
     parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = temp_path(final)
-    _remove(tmp)
-    os.makedirs(tmp)
+    tmp = fresh_temp_dir(final)
     try:
         yield tmp
         _fsync_tree(tmp)

@@ -31,7 +31,14 @@ import fnmatch
 import os
 from typing import Iterable, Iterator, List, Optional, Sequence
 
-from megatron_ar.io.atomic import _fsync_dir, _fsync_tree, _remove, remove_stale_temps, temp_path
+from megatron_ar.io.atomic import (
+    _fsync_dir,
+    _fsync_tree,
+    _remove,
+    fresh_temp_dir,
+    remove_stale_temps,
+    temp_path,
+)
 
 __all__ = ["OutputError", "refuse_overlap", "check_file_output", "check_dir_output",
            "owned_entries", "publish_into_dir"]
@@ -108,12 +115,9 @@ def publish_into_dir(path: str, *, overwrite: bool, names: Sequence[str] = (),
     docstring); on an exception it is removed and ``path`` is untouched."""
     final = _real(path)
     parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
     remove_stale_temps([parent])
     check_dir_output(path, overwrite=overwrite, names=names, patterns=patterns, key=key)
-    tmp = temp_path(final)
-    _remove(tmp)
-    os.makedirs(tmp)
+    tmp = fresh_temp_dir(final)
     try:
         yield tmp
         _fsync_tree(tmp)

@@ -168,6 +168,11 @@ def test_runner_error_in_worker_names_file_line(tmp_path, hadith_docs):
 
 def test_runner_refuses_to_overwrite_input(tmp_path, hadith_docs):
     inputs = _shards(tmp_path, hadith_docs[:10], 1)
-    with pytest.raises(ValueError, match="overwrite its input"):
+    with open(inputs[0], "rb") as f:
+        before = f.read()
+    with pytest.raises(ValueError, match="--output-dir .*: contains the input .*part0.jsonl"):
         ShardRunner(inputs, os.path.dirname(inputs[0]), annotate_shard, options=AnnotateConfig(),
                     progress=False).run()
+    with open(inputs[0], "rb") as f:
+        assert f.read() == before
+    assert sorted(os.listdir(os.path.dirname(inputs[0]))) == [os.path.basename(inputs[0])]

@@ -40,6 +40,8 @@ def main(argv=None):
     p.add_argument("--work-dir", default=None,
                    help="per-input key files (8 bytes x (bands+2) per record), kept after the run so "
                         "a rerun skips hashing (default: OUTPUT.work)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output / --clusters file")
     add_on_error(p)
     add_resume(p)
     add_progress(p)
@@ -49,7 +51,7 @@ def main(argv=None):
                       id_key=a.id_key, url_key=a.url_key)
     summary = dedup_files(a.input, a.output, a.clusters, cfg, workers=a.workers,
                           on_error=a.on_error, work_dir=a.work_dir, resume=not a.no_resume,
-                          progress=not a.no_progress)
+                          progress=not a.no_progress, overwrite=a.overwrite)
     emit_summary("dedup", summary, a.json)
     return 0
 

@@ -18,6 +18,7 @@ def main(argv=None):
     p.add_argument("--input", nargs="+", required=True,
                    help="dataset prefixes, or globs over .idx files (sorted), merged in order")
     p.add_argument("--output-prefix", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     a = p.parse_args(argv)
     prefixes = []
     for x in a.input:
@@ -25,7 +26,7 @@ def main(argv=None):
         if not hits:
             return fail(f"{x!r} matched nothing")
         prefixes.extend(h for h in hits if not h.endswith(".bin"))
-    info = merge_datasets(prefixes, a.output_prefix)
+    info = merge_datasets(prefixes, a.output_prefix, overwrite=a.overwrite)
     info.pop("histogram", None)
     emit_summary("merge_datasets", info, a.json)
     return 0

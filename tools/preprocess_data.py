@@ -51,6 +51,8 @@ def build_parser():
                    help="append the tokenizer's EOD token to every non-empty document")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="path of the outputs without suffix")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing .bin/.idx outputs (refused otherwise)")
     g = p.add_argument_group("runtime")
     add_workers(g, default=os.cpu_count() or 1,
                 help="cores to use: processes over input files x tokenizer threads")
@@ -85,7 +87,7 @@ def main(argv=None):
         tokenizer_hf_include_special_tokens=a.tokenizer_hf_include_special_tokens,
         tokenizer_hf_use_fast=a.tokenizer_hf_use_fast,
         tokenizer_sentencepiece_legacy=a.tokenizer_sentencepiece_legacy,
-        trust_remote_code=a.trust_remote_code, fast=not a.no_fast)
+        trust_remote_code=a.trust_remote_code, fast=not a.no_fast, overwrite=a.overwrite)
     summary = preprocess(cfg, resume=not a.no_resume, progress=not a.no_progress)
     emit_summary("preprocess_data", summary, a.json)
     return 0

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import publish_files
-from megatron_ar.io.outputs import refuse_overlap
+from megatron_ar.io.outputs import check_file_output, refuse_overlap
 
 
 def normalize_prefix(path: str, must_exist: bool = True) -> str:
@@ -39,10 +39,32 @@ def normalize_prefix(path: str, must_exist: bool = True) -> str:
     return path
 
 
+class DatasetFileError(ValueError):
+    """A damaged or mismatched ``.bin``/``.idx`` pair; the message names the file and the fault."""
+
+
 def open_dataset(prefix: str):
+    """megatron-core's ``IndexedDataset`` of ``prefix``, after checking that the ``.idx`` parses
+    and the ``.bin`` has exactly the bytes it describes (megatron-core would fail later, on the
+    first read past a truncation, with no file named)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    return IndexedDataset(normalize_prefix(prefix), multimodal=False, mmap=True)
+    prefix = normalize_prefix(prefix)
+    try:
+        ds = IndexedDataset(prefix, multimodal=False, mmap=True)
+    except Exception as exc:  # megatron-core asserts / numpy / struct errors on a bad .idx
+        raise DatasetFileError(f"{prefix}.idx: damaged or not a Megatron index "
+                               f"({type(exc).__name__}: {exc})") from None
+    index = ds.index
+    n = len(index.sequence_lengths)
+    itemsize = np.dtype(index.dtype).itemsize
+    need = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * itemsize if n else 0
+    have = os.path.getsize(prefix + ".bin")
+    if have != need:
+        what = "truncated" if have < need else "longer than its index: a mismatched pair"
+        raise DatasetFileError(f"{prefix}.bin: {have:,} bytes but {prefix}.idx describes "
+                               f"{need:,} ({what})")
+    return ds
 
 
 def _histogram(doc_tokens: np.ndarray) -> list[dict]:
@@ -86,9 +108,6 @@ def dataset_info(prefix: str) -> dict:
         },
         "histogram": _histogram(doc_tokens),
     }
-    if info["bin_bytes"] != info["tokens"] * dtype.itemsize:
-        raise ValueError(f"{prefix}.bin: {info['bin_bytes']} bytes but the index describes "
-                         f"{info['tokens']} tokens of {dtype.name}: truncated or mismatched pair")
     return info
 
 
@@ -155,7 +174,7 @@ def datasets_info(prefixes: Sequence[str]) -> dict:
     return {"datasets": per, "total": total}
 
 
-def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
+def merge_datasets(prefixes: Sequence[str], output_prefix: str, overwrite: bool = False) -> dict:
     """Concatenate datasets in the given order with megatron-core's ``add_index``."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
@@ -165,6 +184,10 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
     output_prefix = normalize_prefix(output_prefix, must_exist=False)
     refuse_overlap([output_prefix + ".bin", output_prefix + ".idx"],
                    [p + ext for p in prefixes for ext in (".bin", ".idx")], key="--output-prefix")
+    for ext in (".bin", ".idx"):
+        check_file_output(output_prefix + ext, overwrite=overwrite, key="--output-prefix")
+    # Every input opened (and so checked) before anything is written: a truncated input fails
+    # here naming itself, not later as a corrupt output.
     dtypes = {p: np.dtype(open_dataset(p).index.dtype) for p in prefixes}
     first = dtypes[prefixes[0]]
     for p, dt in dtypes.items():

@@ -29,7 +29,9 @@ Design choices (why):
 * **Resume and atomicity.** Input files are the unit of work (``run_shards``): each finished
   shard leaves its partial datasets plus a done marker in ``{prefix}.work/``; a killed run redoes
   only unfinished shards and the final files are written under temporary names and renamed.
-  A single huge input file is therefore one unit: split corpora into shards for resume.
+  A single huge input file is therefore one unit: split corpora into shards for resume. A
+  finished shard is reused only when its input (size, mtime), the flags and the tokenizer
+  files' *contents* are unchanged (:func:`tokenizer_files_sha256`).
 * **Errors**: bad JSON, invalid UTF-8, a missing ``--json-keys`` key or a non-string value are
   reported as ``file:line`` (``--on-error fail``) or counted and skipped (``skip``). Megatron-LM
   crashes on these; skipping changes nothing for valid lines because the round-robin partition
@@ -48,7 +50,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import publish_files
-from megatron_ar.io.outputs import refuse_overlap
+from megatron_ar.io.outputs import check_file_output, refuse_overlap
 from megatron_ar.io.compression import open_binary
 from megatron_ar.io.records import ErrorStats, RecordError, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
@@ -84,6 +86,7 @@ class PreprocessConfig:
     tokenizer_sentencepiece_legacy: bool = False
     trust_remote_code: bool = False
     fast: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         if isinstance(self.input, str):
@@ -201,8 +204,10 @@ def _iter_valid(task: ShardTask, keys: Sequence[str], stats: ErrorStats):
 _ENCODERS: dict = {}  # one tokenizer per process, reused across the shards it handles
 
 
-def _encoder(cfg: PreprocessConfig, threads: int) -> BatchEncoder:
-    key = (cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_file, cfg.merge_file,
+def _encoder(cfg: PreprocessConfig, threads: int, tokenizer_sha256: str = "") -> BatchEncoder:
+    # Keyed by the tokenizer files' contents too: a tokenizer replaced at the same path in a
+    # long-lived process must not be served from this cache.
+    key = (tokenizer_sha256, cfg.tokenizer_type, cfg.tokenizer_model, cfg.vocab_file, cfg.merge_file,
            tuple(cfg.tokenizer_special_tokens or ()), cfg.tokenizer_hf_include_special_tokens,
            cfg.tokenizer_hf_use_fast, cfg.tokenizer_sentencepiece_legacy, cfg.fast, threads)
     if key not in _ENCODERS:
@@ -221,7 +226,7 @@ def _encode_shard(task: ShardTask) -> dict:
     cfg: PreprocessConfig = task.options["cfg"]
     offset: int = task.options["line_offsets"].get(task.input_path, 0)
     threads: int = task.options["threads"]
-    enc = _encoder(cfg, threads)
+    enc = _encoder(cfg, threads, task.options.get("tokenizer_sha256", ""))
     dtype = DType.optimal_dtype(enc.vocab_size)
     nparts = cfg.effective_partitions()
     split: Optional[Callable[[str], List[str]]] = None
@@ -314,6 +319,26 @@ def count_lines(path: str) -> int:
     return n + (0 if last == b"\n" else 1)
 
 
+def tokenizer_files_sha256(cfg: PreprocessConfig) -> str:
+    """SHA-256 over the contents of the tokenizer files the flags name (``tokenizer_model`` as a
+    file, or every regular file directly in it as a directory; ``vocab_file``; ``merge_file``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in (cfg.tokenizer_model, cfg.vocab_file, cfg.merge_file):
+        if not path:
+            continue
+        files = ([os.path.join(path, f) for f in sorted(os.listdir(path))]
+                 if os.path.isdir(path) else [path])
+        for f in files:
+            if os.path.isfile(f):
+                h.update(os.path.basename(f).encode() + b"\0")
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()
+
+
 def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = True) -> dict:
     """Run the whole conversion; returns the summary (documents, tokens, bytes, seconds, ...)."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -324,6 +349,8 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     outs = [p for k in cfg.json_keys for p in cfg.output_paths(k)]
     refuse_overlap(outs + [work], paths + ([cfg.tokenizer_model] if cfg.tokenizer_model else []),
                    key="--output-prefix")
+    for out in outs:
+        check_file_output(out, overwrite=cfg.overwrite, key="--output-prefix")
     nparts = cfg.effective_partitions()
     offsets: dict = {}
     if nparts > 1:  # the round-robin partition index runs over lines of all files in order
@@ -334,7 +361,10 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     procs = max(1, min(cfg.workers, len(paths)))
     threads = max(1, cfg.workers // procs)
     os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # HF encode_batch thread pool
-    opts = {"cfg": cfg, "line_offsets": offsets, "threads": threads}
+    # The tokenizer's bytes, not only its path, key the finished shards: a tokenizer retrained
+    # in place must not mix with shards encoded by the old one.
+    opts = {"cfg": cfg, "line_offsets": offsets, "threads": threads,
+            "tokenizer_sha256": tokenizer_files_sha256(cfg)}
     summary = run_shards(paths, work, _encode_shard, workers=procs, desc="preprocess",
                          resume=resume, options=opts, on_error=cfg.on_error, progress=progress)
 

@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import atomic_output
-from megatron_ar.io.outputs import OutputError, refuse_overlap
+from megatron_ar.io.outputs import OutputError, check_file_output, refuse_overlap
 from megatron_ar.io.records import ErrorStats, dump_record, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
 
@@ -425,7 +425,7 @@ def _keys_shard(task: ShardTask) -> dict:
 def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optional[str] = None,
                 cfg: Optional[DedupConfig] = None, *, workers: int = 1, on_error: str = "fail",
                 work_dir: Optional[str] = None, resume: bool = True,
-                progress: bool = True) -> dict:
+                progress: bool = True, overwrite: bool = False) -> dict:
     """Deduplicate JSONL files (together: cross-dataset) into ``output``.
 
     ``clusters_path`` receives one JSON line per dropped record: ``{"id", "kept"}`` (ids are the
@@ -441,6 +441,9 @@ def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optiona
     refuse_overlap([work_dir], paths, key="--work-dir")
     if clusters_path and os.path.realpath(clusters_path) == os.path.realpath(output):
         raise OutputError(f"--clusters {clusters_path}: is the --output file")
+    check_file_output(output, overwrite=overwrite, key="--output")
+    if clusters_path:
+        check_file_output(clusters_path, overwrite=overwrite, key="--clusters")
     procs = max(1, min(workers, len(paths)))
     if cfg.threads <= 0:  # spread the cores: processes over files, C++ threads inside each
         cfg = dataclasses.replace(cfg, threads=max(1, workers // procs))

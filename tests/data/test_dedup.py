@@ -238,8 +238,13 @@ def test_cross_dataset_cli(tmp_path, corpus, pairs):
     assert summary["duplicates"] == len(near) + 1 == len(clusters)
     assert summary["clusters"] == len(near) + (0 if 5 in near else 1)  # a5: b5 and b-url
     assert summary["duplicates_by_mode"]["url"] == 1
-    # rerun: both shards resume from their key files and give the same output
-    res2 = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    # rerun: refused over the finished output without --overwrite (nothing touched) ...
+    before = open(out, "rb").read()
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--output" in refused.stderr and "--overwrite" in refused.stderr
+    assert open(out, "rb").read() == before
+    # ... and with it both shards resume from their key files and give the same output
+    res2 = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=120)
     assert json.loads(res2.stdout.strip().splitlines()[-1])["shards_skipped"] == 2
     assert [json.loads(x)["id"] for x in open(out, encoding="utf-8")] == kept
 

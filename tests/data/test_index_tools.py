@@ -134,3 +134,39 @@ def test_dump_document(built, capsys):
     assert capsys.readouterr().out.strip() == built["texts"]["a"][5]
     assert main(argv + ["--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["document"] == 5
+
+
+def _copy_pair(prefix, dst):
+    import shutil
+
+    for ext in (".bin", ".idx"):
+        shutil.copy(prefix + ext, dst + ext)
+    return dst
+
+
+def test_truncated_bin_is_refused_before_any_output(built, tmp_path, capsys):
+    bad = _copy_pair(built["a"], str(tmp_path / "trunc"))
+    size = os.path.getsize(bad + ".bin")
+    with open(bad + ".bin", "r+b") as f:
+        f.truncate(size - 6)
+    out = str(tmp_path / "merged")
+    rc = _tool("merge_datasets.py")(["--input", built["b"], bad, "--output-prefix", out])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {bad}.bin: {size - 6:,} bytes but ")
+    assert "truncated" in err
+    assert sorted(os.listdir(tmp_path)) == ["trunc.bin", "trunc.idx"]  # nothing written
+    assert _tool("dataset_info.py")([bad]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_damaged_idx_names_the_file(built, tmp_path, capsys):
+    bad = _copy_pair(built["b"], str(tmp_path / "dmg"))
+    with open(bad + ".idx", "r+b") as f:
+        f.write(b"NOTMMIDX")  # the magic header
+    for tool, argv in (("dataset_info.py", [bad]), ("dump_document.py", [bad, "0"]),
+                       ("merge_datasets.py", ["--input", bad, "--output-prefix",
+                                              str(tmp_path / "m")])):
+        assert _tool(tool)(argv) == 2, tool
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad}.idx: damaged or not a Megatron index"), (tool, err)
+        assert "Traceback" not in err

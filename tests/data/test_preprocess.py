@@ -69,7 +69,7 @@ def test_matches_megatron_core_reference_and_round_trips(tmp_path, files, record
     """3 input shards, 2 keys, partitions=2: bytes equal a reference built with megatron-core's
     builder + megatron-core's tokenizer in Megatron-LM's round-robin document order."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
-    from megatron_ar.data.preprocess import _encoder, preprocess
+    from megatron_ar.data.preprocess import _encoder, preprocess, tokenizer_files_sha256
 
     # workers=1 keeps the shards in this process: a spawned worker re-imports megatron-core
     # (10+ s on 2 cores); the process pool itself is records.run_shards, tested by its owners
@@ -79,7 +79,8 @@ def test_matches_megatron_core_reference_and_round_trips(tmp_path, files, record
     t0 = time.perf_counter()
     s = preprocess(cfg, progress=False)
     wall = time.perf_counter() - t0
-    tok = _encoder(cfg, 1).tok  # megatron-core's tokenizer object, already loaded by the run
+    # megatron-core's tokenizer object, already loaded by the run
+    tok = _encoder(cfg, 1, tokenizer_files_sha256(cfg)).tok
     hf = tok._tokenizer.tokenizer  # the transformers tokenizer megatron-core wraps
     assert type(hf).__module__.startswith("transformers")
     order = list(range(0, 90, 2)) + list(range(1, 90, 2))
@@ -243,3 +244,38 @@ def test_normalize_arabic_flag(tmp_path, files, records):
         text = records[i]["text"]
         assert normalize_arabic(text) != text  # diacritized hadith
         assert ds[i].tolist() == tok.tokenize(normalize_arabic(text))
+
+
+def test_resume_redoes_shards_of_a_tokenizer_changed_in_place(tmp_path, bukhari_records):
+    """A run fails after its first shard; the tokenizer is then retrained at the same path.
+    The rerun must re-encode every shard: its bytes equal a clean run with the new tokenizer."""
+    import shutil
+
+    from megatron_ar.data.preprocess import preprocess
+    from megatron_ar.io.records import RecordError
+    from megatron_ar.tokenizers.morphbpe import TrainConfig, train_tokenizer
+
+    recs = [{"text": r["arabic"] + " " + r["english"]["text"]} for r in bukhari_records[:200]]
+    first = _write(tmp_path / "a.jsonl", recs[:100])
+    second = tmp_path / "b.jsonl"
+    second.write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")  # fails the first run
+    for name, vocab in (("tokA", 1024), ("tokB", 2048)):
+        train_tokenizer(TrainConfig(inputs=[first], output=str(tmp_path / name), algorithm="bpe",
+                                    vocab_size=vocab, min_frequency=1, show_progress=False))
+    tok = str(tmp_path / "tok")
+    shutil.copytree(tmp_path / "tokA", tok)
+    prefix = str(tmp_path / "run")
+    with pytest.raises(RecordError):
+        preprocess(_cfg(input=[first, str(second)], output_prefix=prefix, tokenizer_model=tok,
+                        workers=1), progress=False)
+    assert os.path.exists(prefix + ".work/.shards/a.jsonl.done.json")
+    shutil.rmtree(tok)
+    shutil.copytree(tmp_path / "tokB", tok)  # same path, other tokenizer
+    _write(second, recs[100:])
+    s = preprocess(_cfg(input=[first, str(second)], output_prefix=prefix, tokenizer_model=tok,
+                        workers=1), progress=False)
+    assert s["shards_skipped"] == 0
+    clean = str(tmp_path / "clean")
+    preprocess(_cfg(input=[first, str(second)], output_prefix=clean,
+                    tokenizer_model=str(tmp_path / "tokB"), workers=1), progress=False)
+    assert _same_files(clean + "_text_document", prefix + "_text_document")

@@ -105,11 +105,43 @@ def build_arabic_cloze(path: str, source: str = "quran", n: int = 200, num_choic
     return write_task(build_cloze_items(texts, n, num_choices, seed), path)
 
 
+SETTINGS = "settings.json"
+
+
+def check_settings(out_dir: str, settings: dict) -> None:
+    """Record ``settings`` in ``out_dir`` on first use; refuse a later build with others."""
+    from megatron_ar.io.atomic import write_json_atomic
+
+    path = os.path.join(out_dir, SETTINGS)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            shown = "; ".join(f"{k}: built with {old.get(k)!r}, asked {settings.get(k)!r}"
+                              for k in diff)
+            raise ValueError(f"{out_dir}: its data was built with other settings ({shown}); "
+                             "choose another --out (or delete that folder yourself)")
+        return
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir}: not empty and has no {SETTINGS} (built by an older "
+                         "version?): choose another --out (or delete that folder yourself)")
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(path, settings, indent=2)
+
+
 def build_quickstart_data(out_dir: str, vocab_size: int = 2048, cloze_items: int = 200,
                           cloze_seed: int = 1234, **sizes) -> Dict[str, str]:
     """Corpus + tokenizer + datasets + the Quran cloze task under ``out_dir``; returns
     ``{"tokenizer": dir, <category>: dataset prefix, ..., "cloze": path}``. ``sizes`` go to
-    :func:`mixed_documents`."""
+    :func:`mixed_documents`.
+
+    Finished outputs are reused only when they were built with the same settings (recorded in
+    ``out_dir/settings.json``); other settings are refused naming the differences, never mixed
+    with the old outputs and never deleted.
+    """
+    check_settings(out_dir, dict(vocab_size=vocab_size, cloze_items=cloze_items,
+                                 cloze_seed=cloze_seed, sizes=dict(sorted(sizes.items()))))
     corpus = build_corpus(os.path.join(out_dir, "jsonl"), **sizes)
     tok = train_tokenizer([corpus[c] for c in ("ar", "en", "code")], os.path.join(out_dir, "tokenizer"),
                           vocab_size)

@@ -34,3 +34,19 @@ def test_held_out_documents_are_not_trained_on(bukhari_records, python_docs_path
     assert docs["ar"][0] == bukhari_records[0]["arabic"]
     with pytest.raises(ValueError, match="source"):
         data.build_arabic_cloze("unused.jsonl", source="poetry")
+
+
+def test_outputs_built_with_other_settings_are_refused_not_reused(tmp_path):
+    out = str(tmp_path / "qs")
+    a = dict(vocab_size=2048, cloze_items=40, cloze_seed=7, sizes={"n_ar": 500})
+    data.check_settings(out, a)
+    data.check_settings(out, dict(a))  # same settings: reuse
+    with pytest.raises(ValueError, match=r"built with other settings \(sizes: built with "
+                                         r"\{'n_ar': 500\}, asked \{'n_ar': 300\}\)"):
+        data.check_settings(out, dict(a, sizes={"n_ar": 300}))
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    (legacy / "tokenizer").mkdir()
+    with pytest.raises(ValueError, match="not empty and has no settings.json"):
+        data.check_settings(str(legacy), a)
+    assert sorted(p.name for p in legacy.iterdir()) == ["tokenizer"]  # nothing deleted

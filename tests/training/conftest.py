@@ -1,5 +1,5 @@
 """Fixtures for the training tests: real mixed ar/en/code data built once with the quickstart's
-data builder (examples/quickstart/data.py) and cached under .cache/training-tests-v1 (helpers:
+data builder (examples/quickstart/data.py) and cached under .cache/training-tests-v2 (helpers:
 train_harness.py)."""
 import os
 import sys

@@ -11,7 +11,7 @@ import time
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CACHE = os.path.join(REPO, ".cache", "training-tests-v1")
+CACHE = os.path.join(REPO, ".cache", "training-tests-v2")
 STEPS = 60  # length of the shared reference run (conftest.py: run_a)
 
 

@@ -31,7 +31,7 @@ from megatron_ar.training.config import load_config
 from megatron_ar.training.loop import collate, sample_to_arrays
 
 
-class BacktraceError(RuntimeError):
+class BacktraceError(ValueError):
     """A step cannot be back-traced from the run directory; the message names the file or value."""
 
     pass

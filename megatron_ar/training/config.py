@@ -658,7 +658,10 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
             node = yaml.compose(text)
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source or '<recipe>'}: invalid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{source or '<recipe>'}{where}: invalid YAML: {what}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{source or '<recipe>'}: top level must be a mapping of sections")
         if not raw:

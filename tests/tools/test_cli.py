@@ -107,3 +107,17 @@ def test_every_tool_uses_the_shared_module():
                    for n in ast.walk(tree)):
             missing.append(os.path.relpath(p, REPO))
     assert missing == []
+
+
+def test_bad_recipe_and_bad_run_dir_are_one_error_line_exit_2(tmp_path, capsys):
+    from megatron_ar.train import main as train_main
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model:\n  preset: [\n", encoding="utf-8")
+    assert train_main(["--config", str(bad)]) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert errors == [f"error: {bad}:3: invalid YAML: expected the node content, but found "
+                      "'<stream end>'"]
+    assert _tool("backtrace")(["--run-dir", str(tmp_path), "--step", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path}: no config.yaml" in err and "Traceback" not in err

@@ -412,8 +412,34 @@ def checkpoint_tensor_shapes(directory: str) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.global_shape) for k, v in meta.items()}
 
 
+def check_storage_complete(directory: str) -> None:
+    """Every storage file the checkpoint's ``.metadata`` points into exists and is long enough
+    (a copy cut short, a file lost): refused naming the file, before any tensor is read
+    (torch.distributed.checkpoint would fail mid-load with a bare ``EOFError``)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        meta = FileSystemReader(directory).read_metadata()
+    except Exception as exc:  # missing or damaged .metadata
+        raise CheckpointError(f"{directory}/.metadata: cannot be read ({type(exc).__name__}: "
+                              f"{exc})") from None
+    need: Dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        end = int(info.offset) + int(info.length)
+        need[info.relative_path] = max(need.get(info.relative_path, 0), end)
+    for rel, end in sorted(need.items()):
+        path = os.path.join(directory, rel)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: missing (the checkpoint's .metadata refers to it)")
+        size = os.path.getsize(path)
+        if size < end:
+            raise CheckpointError(f"{path}: {size:,} bytes but the checkpoint's .metadata needs "
+                                  f"{end:,} (truncated)")
+
+
 def validate_checkpoint_keys(layout: MegatronLayout, directory: str) -> None:
-    """Every expected key present with its shape; no unknown model keys."""
+    """Every expected key present with its shape; no unknown model keys; storage complete."""
+    check_storage_complete(directory)
     found = checkpoint_tensor_shapes(directory)
     expected = layout.expected_keys()
     missing = sorted(set(expected) - set(found))
@@ -474,6 +500,7 @@ def load_into_model(model_chunks: Sequence[torch.nn.Module], directory: str,
     info = read_checkpoint_info(directory)
     if model_config is not None:
         check_config_compatible(model_config, info.model_config, directory)
+    check_storage_complete(directory)
     models = unwrap(model_chunks)
     sharded = {f"chunk{i}": m.sharded_state_dict() for i, m in enumerate(models)}
     found = checkpoint_tensor_shapes(directory)

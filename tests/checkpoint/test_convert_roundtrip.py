@@ -230,6 +230,27 @@ def test_megatron_side_errors(hf_dirs, tmp_path):
     assert not os.path.exists(tmp_path / "y")
 
 
+def test_truncated_or_missing_dist_checkpoint_file_is_named(hf_dirs, tmp_path):
+    import glob
+
+    from megatron_ar.checkpoint.megatron_io import check_storage_complete
+
+    meg = str(tmp_path / "meg")
+    convert("llama", "hf", "megatron", hf_dirs["llama"], meg, progress=False)
+    check_storage_complete(meg)
+    (data,) = glob.glob(os.path.join(meg, "*.distcp"))
+    size = os.path.getsize(data)
+    with open(data, "r+b") as f:
+        f.truncate(size - 1)
+    with pytest.raises(CheckpointError, match=rf"{data}: {size - 1:,} bytes but the checkpoint's "
+                                              rf"\.metadata needs {size:,} \(truncated\)"):
+        convert("llama", "megatron", "hf", meg, str(tmp_path / "y"), progress=False)
+    os.remove(data)
+    with pytest.raises(CheckpointError, match=rf"{data}: missing"):
+        convert("llama", "megatron", "hf", meg, str(tmp_path / "y"), progress=False)
+    assert not os.path.exists(tmp_path / "y")
+
+
 def test_config_compatibility_names_fields():
     from megatron_ar.models import ModelConfig
 

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ar.checkpoint.extra_state import drop_unsaved_extra_state, load_module_state
+from megatron_ar.checkpoint.megatron_io import check_storage_complete
 from megatron_ar.compat.optimizer import prepare_for_load, unshare_step_tensors
 from megatron_ar.training.checkpointing.optimizer_formats import (
     OPT_METADATA,
@@ -300,6 +301,7 @@ def check_loadable(sd: Dict[str, Any], ckpt: str, plan: Optional[Dict[str, Any]]
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
+    check_storage_complete(ckpt)
     meta = dist_checkpointing.load_tensors_metadata(ckpt)
     missing, shapes = [], []
     for v in nested_values(sd):
@@ -344,6 +346,7 @@ def load_weights(model: List[torch.nn.Module], path: str) -> str:
     from megatron.core import dist_checkpointing
 
     ckpt = resolve_checkpoint_dir(path)
+    check_storage_complete(ckpt)
     sd = model_sharded_state_dict(model)
     # A converter checkpoint stores the model under "model" (single chunk); our training
     # checkpoints with several virtual chunks use model0..N. Both are keyed by ShardedTensor

@@ -368,6 +368,13 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     summary = run_shards(paths, work, _encode_shard, workers=procs, desc="preprocess",
                          resume=resume, options=opts, on_error=cfg.on_error, progress=progress)
 
+    empty = [k for k in cfg.json_keys if not summary.get("tokens", {}).get(k)]
+    if empty:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ValueError(f"{', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}: no tokens for "
+                         f"--json-keys {' '.join(empty)} ({int(summary.get('documents', 0))} "
+                         "documents read); an empty .bin cannot be opened by megatron-core, "
+                         "nothing written")
     tasks = ShardRunner(paths, work, _encode_shard).tasks()
     dtype = np.dtype(sorted(summary["dtype"])[0]).type  # every shard used optimal_dtype(vocab)
     outputs = {}

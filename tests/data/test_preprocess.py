@@ -279,3 +279,14 @@ def test_resume_redoes_shards_of_a_tokenizer_changed_in_place(tmp_path, bukhari_
     preprocess(_cfg(input=[first, str(second)], output_prefix=clean,
                     tokenizer_model=str(tmp_path / "tokB"), workers=1), progress=False)
     assert _same_files(clean + "_text_document", prefix + "_text_document")
+
+
+def test_empty_input_is_refused_and_leaves_nothing(tmp_path):
+    from megatron_ar.data.preprocess import preprocess
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"empty.jsonl: no tokens for --json-keys text \(0 "
+                                         r"documents read\)"):
+        preprocess(_cfg(input=[str(empty)], output_prefix=str(tmp_path / "e")), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl"]

@@ -344,6 +344,11 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     t0 = time.time()
+    for name in ("tokenizer_model", "vocab_file", "merge_file"):
+        path = getattr(cfg, name)
+        # A local path (not a hub id such as "org/model") must exist.
+        if path and (os.path.isabs(path) or path.startswith(".")) and not os.path.exists(path):
+            raise ValueError(f"PreprocessConfig.{name}: {path}: not found")
     paths = expand_inputs(cfg.input)
     work = os.path.abspath(cfg.output_prefix) + ".work"
     outs = [p for k in cfg.json_keys for p in cfg.output_paths(k)]

@@ -136,7 +136,8 @@ def test_broken_layout_fails_with_a_clear_message():
 
 def test_invalid_layout_is_refused_before_running():
     cfg = load_config(None, ["--model", "arkadiko-v4b", "--tensor-model-parallel-size", "3"])
-    with pytest.raises(ConfigError, match="parallel: .*tp=3 must divide num_attention_heads=16"):
+    with pytest.raises(ConfigError, match="parallel: .*tensor_model_parallel_size=3 must divide "
+                                          "num_attention_heads=16"):
         probe_memory(cfg, 3)
     with pytest.raises(ConfigError, match="world size 7 is not divisible"):
         probe_memory(load_config(None, ["--tensor-model-parallel-size", "2"]), 7)

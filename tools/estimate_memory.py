@@ -17,12 +17,8 @@ Exit status 2, with one line on stderr, when the layout is invalid, when the fak
 import warnings
 
 from megatron_ar.training.config import load_config
-from megatron_ar.training.memory_probe import (
-    MemoryLimitError,
-    MemoryProbeError,
-    format_probe,
-    probe_memory,
-)
+from megatron_ar.training.dryrun import probe_for_plan
+from megatron_ar.training.memory_probe import MemoryLimitError, MemoryProbeError, format_probe
 from megatron_ar.training.plan import build_run_plan, memory_estimate
 from megatron_ar_tools._cli import cli_main, emit_json, fail, parser
 
@@ -55,15 +51,21 @@ def main(argv=None) -> int:
                         f"--gpu-memory-gib {args.gpu_memory_gib:g}")
     else:
         try:
-            probe = probe_memory(cfg, args.world_size, rank=args.rank, gpu_memory_gib=args.gpu_memory_gib,
-                                 microbatches="all" if args.all_microbatches else "steady")
+            # As the dry run: without Transformer Engine a precision-aware (bf16-moment) recipe is
+            # measured with fp32 moments, an upper bound, and the note says by how much.
+            probe, note = probe_for_plan(cfg, args.world_size, args.gpu_memory_gib, rank=args.rank,
+                                         microbatches="all" if args.all_microbatches else "steady")
         except MemoryLimitError as exc:
             print(format_probe(exc.probe))
             if args.json:
                 emit_json(dict(out, measured=exc.probe.to_dict()))
             return fail(f"does not fit: {exc}")
-        print(format_probe(probe))
-        out["measured"] = probe.to_dict()
+        if probe is not None:
+            print(format_probe(probe))
+            out["measured"] = probe.to_dict()
+        if note:
+            print(f"  note: {note}")
+            out["measured_note"] = note
     if args.json:
         emit_json(out)
     return 0

@@ -20,7 +20,7 @@ from megatron_ar.training.plan import _STATE_BYTES, format_plan, plan_run
 
 
 def probe_for_plan(cfg: TrainConfig, world_size: int, gpu_memory_gib: Optional[float] = None,
-                   rank: Optional[int] = None):
+                   rank: Optional[int] = None, microbatches: str = "steady"):
     """The fake-tensor memory probe of the recipe (:mod:`megatron_ar.training.memory_probe`) as
     the dry run runs it: ``(probe, note)``. On a machine without Transformer Engine a recipe
     with the precision-aware optimizer (bf16 Adam moments, Fanar Prime) is probed with torch
@@ -40,7 +40,8 @@ def probe_for_plan(cfg: TrainConfig, world_size: int, gpu_memory_gib: Optional[f
             o, use_precision_aware_optimizer=False, exp_avg_dtype="fp32", exp_avg_sq_dtype="fp32"))
         note = ("measured with fp32 Adam moments: the recipe's precision-aware optimizer needs "
                 "Transformer Engine's FusedAdam, absent here, so the peak is an upper bound")
-    probe = probe_memory(cfg, world_size, rank=rank, gpu_memory_gib=gpu_memory_gib)
+    probe = probe_memory(cfg, world_size, rank=rank, gpu_memory_gib=gpu_memory_gib,
+                         microbatches=microbatches)
     if note is not None:
         moments = _STATE_BYTES[o.exp_avg_dtype] + _STATE_BYTES[o.exp_avg_sq_dtype]
         saved = probe.optimizer * (8 - moments) / 12  # main params 4 + moments 8 bytes measured

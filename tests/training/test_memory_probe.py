@@ -285,3 +285,20 @@ def test_tool_prints_estimate_and_measurement(repo_root, tmp_path, capsys):
     assert tool.main(base + ["--tensor-model-parallel-size", "2"] + cfg_args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: parallel: world size 1")  # tools/_cli.py convention
+
+
+def test_tool_measures_the_prime_recipe_without_transformer_engine(repo_root, capsys):
+    """The precision-aware (bf16-moment) Fanar Prime recipe is measured as the dry run measures
+    it: with fp32 moments, an upper bound, and a note with the exact difference."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("estimate_memory",
+                                                  os.path.join(repo_root, "tools/estimate_memory.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    recipe = os.path.join(repo_root, "examples/recipes/fanar_prime_9b_cpt.yaml")
+    assert tool.main(["--config", recipe, "--world-size", "168", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["measured"]["static_matches_arithmetic"] is True
+    assert res["measured_note"].startswith("measured with fp32 Adam moments")
+    assert "bf16/bf16 moments take" in res["measured_note"]

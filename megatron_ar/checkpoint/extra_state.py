@@ -5,8 +5,10 @@ Transformer Engine's modules keep non-tensor state (FP8 scaling factors and amax
 into a ``ShardedObject`` (``make_sharded_object_for_checkpoint``: one object per global layer,
 saved by the first TP/DP replica). The local spec's linears return ``None`` there and its
 attention has none at all. So a checkpoint converted from HF or trained with the local spec
-lacks, e.g., ``self_attention.core_attention._extra_state``, which a TE model requests; loading
-it into a TE model then fails inside torch.distributed.checkpoint with a missing key.
+lacks, e.g., ``self_attention.core_attention._extra_state``, which a TE model's ``state_dict``
+lists; loading it into a TE model then fails with a missing key (in the strict
+``load_state_dict`` for that one, inside torch.distributed.checkpoint for a requested object the
+checkpoint does not hold, such as a linear's in a checkpoint written without any).
 
 Choices
 - An ``_extra_state`` object the checkpoint does not hold is *dropped from the load request*

@@ -536,14 +536,7 @@ class StrictDeviceMode(CpuDeviceMode):
         out = func(*args, **(kwargs or {}))
         if want == -1:
             want = _placement_from_bits(bits)
-        if want:
-            if isinstance(out, _Tensor):
-                setattr(out, TAG, want)
-            elif isinstance(out, tuple) or type(out) is list:
-                for o in out:
-                    if isinstance(o, _Tensor):
-                        setattr(o, TAG, want)
-        return out
+        return _tag_out(out, want)
 
 
 _SPECIAL: Dict[Any, Any] = {}

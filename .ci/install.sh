@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.ci/.installed-$(sha1sum .ci/install.sh setup.py pyproject.toml | sha1sum | cut -c1-12)
-if [ -f "$stamp" ] && $PY -c "import megatron_ar, megatron.core, transformers" 2>/dev/null; then
+# The editable install must point at *this* checkout (a copied tree keeps a stamp whose install
+# points elsewhere; megatron_ar would still import from the cwd, megatron_ar_tools would not).
+repo=$PWD
+if [ -f "$stamp" ] && (cd / && $PY -c "import os, sys, megatron_ar, megatron_ar_tools, megatron.core, transformers
+sys.exit(os.path.dirname(os.path.dirname(megatron_ar.__file__)) != sys.argv[1])" "$repo") 2>/dev/null; then
   exit 0
 fi
 pip_i() { $PY -m pip install -q --disable-pip-version-check "$@"; }

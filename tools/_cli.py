@@ -105,6 +105,9 @@ def add_shard_args(p, *, output_dir: bool = True) -> None:
     if output_dir:
         p.add_argument("--output-dir", required=True,
                        help="directory for per-shard outputs (one per input file)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace outputs in --output-dir made from other inputs or options "
+                            "(a rerun with the same ones resumes without it)")
     add_workers(p)
     add_on_error(p)
     add_resume(p)

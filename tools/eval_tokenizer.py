@@ -12,7 +12,13 @@ Example:
 """
 import sys
 
-from megatron_ar.tokenizers.evaluate import evaluate_tokenizers, format_table, plot_summary
+from megatron_ar.io.outputs import check_file_output
+from megatron_ar.tokenizers.evaluate import (
+    evaluate_tokenizers,
+    format_table,
+    plot_summary,
+    require_pyplot,
+)
 from megatron_ar_tools._cli import cli_main, emit_json, parser
 
 
@@ -26,6 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--text-key", default="text")
     p.add_argument("--plot", default=None, help="write a PNG comparison plot here")
     a = p.parse_args(argv)
+    if a.plot:
+        require_pyplot()  # before the evaluation, not after it
+        check_file_output(a.plot, overwrite=True, key="--plot")
     summary = evaluate_tokenizers(a.tokenizer, a.input, a.gold_segmentation, a.text_key,
                                   show_progress=True)
     print(format_table(summary))

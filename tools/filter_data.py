@@ -38,7 +38,8 @@ def main(argv=None):
     cfg = FilterConfig(rules=tuple(rules), text_key=a.text_key, signals_key=a.signals_key,
                        compute_missing=not a.no_compute_missing, write_removed=a.write_removed)
     summary = filter_files(expand_inputs(a.input), a.output_dir, cfg, workers=a.workers,
-                           on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress)
+                           on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress,
+                           overwrite=a.overwrite)
     emit_summary("filter", summary, a.json)
 
 

@@ -37,7 +37,8 @@ def main(argv=None):
     cfg = ArabicNormalizeConfig.web(**over) if a.web else ArabicNormalizeConfig(**over)
     summary = normalize_files(expand_inputs(a.input), a.output_dir, config=cfg, text_key=a.text_key,
                               drop_empty=not a.keep_empty, workers=a.workers, on_error=a.on_error,
-                              resume=not a.no_resume, progress=not a.no_progress)
+                              resume=not a.no_resume, progress=not a.no_progress,
+                              overwrite=a.overwrite)
     emit_summary("normalize", summary, a.json)
 
 

@@ -28,7 +28,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     summary = annotate_files(expand_inputs(a.input), a.output_dir,
                              config=AnnotateConfig(a.text_key, a.signals_key), workers=a.workers,
-                             on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress)
+                             on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress,
+                             overwrite=a.overwrite)
     emit_summary("quality signals", summary, a.json)
 
 

@@ -36,7 +36,8 @@ def main(argv=None):
     cfg = HistogramConfig(signals=tuple(a.signals), samples_per_bucket=a.samples, max_chars=a.max_chars,
                           seed=a.seed, text_key=a.text_key, signals_key=a.signals_key)
     summary = signal_histograms(expand_inputs(a.input), a.output_dir, cfg, workers=a.workers,
-                                on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress)
+                                on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress,
+                                overwrite=a.overwrite)
     if not a.json:
         print("signal                               min        max        buckets 0..9")
         with open(summary["histogram"], encoding="utf-8") as f:

@@ -50,7 +50,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from megatron_ar.io.atomic import publish_files
-from megatron_ar.io.outputs import check_file_output, refuse_overlap
+from megatron_ar.io.outputs import check_file_output, dirs_removed_on_failure, refuse_overlap
 from megatron_ar.io.compression import open_binary
 from megatron_ar.io.records import ErrorStats, RecordError, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
@@ -370,8 +370,10 @@ def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = T
     # in place must not mix with shards encoded by the old one.
     opts = {"cfg": cfg, "line_offsets": offsets, "threads": threads,
             "tokenizer_sha256": tokenizer_files_sha256(cfg)}
-    summary = run_shards(paths, work, _encode_shard, workers=procs, desc="preprocess",
-                         resume=resume, options=opts, on_error=cfg.on_error, progress=progress)
+    with dirs_removed_on_failure([work]):
+        summary = run_shards(paths, work, _encode_shard, workers=procs, desc="preprocess",
+                             resume=resume, options=opts, on_error=cfg.on_error,
+                             progress=progress, overwrite=True)  # PREFIX.work is its own
 
     empty = [k for k in cfg.json_keys if not summary.get("tokens", {}).get(k)]
     if empty:

@@ -19,6 +19,9 @@ Rules
   the new index (a mixed output). Foreign entries stay.
 - Temp names are :mod:`megatron_ar.io.atomic`'s; :func:`publish_into_dir` removes the stale
   ones of killed runs beside its target first and logs each (the debris of a ``kill -9``).
+- **A failed run leaves no empty shells** (:func:`dirs_removed_on_failure`): directories the
+  run created (an output folder, ``PREFIX.work``) are removed again when it fails before any
+  of its work finished; finished work (done markers) is kept for the rerun to resume.
 
 Trade-off: a crash in the middle of publishing into an existing directory leaves some entries
 new and some old (each entry whole). Renaming the whole directory would be atomic but would
@@ -41,7 +44,7 @@ from megatron_ar.io.atomic import (
 )
 
 __all__ = ["OutputError", "refuse_overlap", "check_file_output", "check_dir_output",
-           "owned_entries", "publish_into_dir"]
+           "owned_entries", "publish_into_dir", "dirs_removed_on_failure"]
 
 
 class OutputError(ValueError):
@@ -153,3 +156,42 @@ def _replace_entry(src: str, dst: str) -> None:
         _remove(old)
     else:
         os.replace(src, dst)
+
+
+def _missing_chain(path: str) -> List[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out, p = [], _real(path)
+    while p and not os.path.lexists(p):
+        out.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return out
+
+
+def _holds_finished_work(path: str) -> bool:
+    for _, _, files in os.walk(path):
+        if any(f.endswith(".done.json") for f in files):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def dirs_removed_on_failure(dirs: Iterable[str]) -> Iterator[None]:
+    """On an exception in the block (Ctrl-C included), remove the directories among ``dirs``
+    and their parents that the block created, unless they hold finished work (a shard's
+    ``*.done.json``, kept for the rerun to resume). Directories that existed are never touched;
+    a created parent is removed only when empty."""
+    created = [_missing_chain(d) for d in dirs]
+    try:
+        yield
+    except BaseException:
+        for chain in created:
+            if not chain or not os.path.isdir(chain[0]) or _holds_finished_work(chain[0]):
+                continue
+            _remove(chain[0])
+            for parent in chain[1:]:
+                with contextlib.suppress(OSError):
+                    os.rmdir(parent)  # only when empty
+        raise

@@ -18,6 +18,12 @@ Design choices and trade-offs:
 * Temps left by a killed run in the output folder are removed at start
   (:func:`megatron_ar.io.atomic.remove_stale_temps`), and an output that would overwrite its own
   input is refused.
+* **Existing outputs are refused unless ``overwrite``** (:mod:`megatron_ar.io.outputs`'s rule):
+  a ``.started.json`` marker is written *before* a shard starts and replaced by its
+  ``.done.json`` after it, so a shard's existing outputs are known to be this tool's work for
+  this input with these options (a killed run, ``--no-resume`` or an input changed since:
+  redone, make-like) or not (other options, or no marker at all: refused with that reason).
+  Files in the folder that are no shard's output are never touched.
 """
 from __future__ import annotations
 
@@ -31,10 +37,10 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from megatron_ar.io.atomic import remove_stale_temps, write_json_atomic
-from megatron_ar.io.outputs import refuse_overlap
+from megatron_ar.io.outputs import OutputError, dirs_removed_on_failure, refuse_overlap
 from megatron_ar.io.summary import merge_summaries
 
-__all__ = ["ShardTask", "ShardRunner", "run_shards"]
+__all__ = ["ShardTask", "ShardRunner", "run_shards", "fingerprint"]
 
 _PROGRESS_QUEUE = None  # set in pool workers by _init_worker
 
@@ -95,6 +101,22 @@ def _fingerprint(path: str, options: Any) -> dict:
             "options_sha1": hashlib.sha1(opt.encode()).hexdigest()}
 
 
+def _default_outputs(task: ShardTask) -> list[str]:
+    try:
+        names = os.listdir(task.out_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(task.out_dir, n) for n in sorted(names)
+            if n == task.output_name or n.startswith(task.output_name + ".")]
+
+
+def fingerprint(paths: Sequence[str], options: Any) -> str:
+    """One digest of ``paths`` (path, size, mtime) and ``options``: what a whole-run output
+    (a tool's final file made from every shard) was made from."""
+    fps = [_fingerprint(p, options) for p in paths]
+    return hashlib.sha1(json.dumps(fps, sort_keys=True).encode()).hexdigest()
+
+
 class ShardRunner:
     """Run ``fn`` over input shards with ``workers`` processes, progress, and resume.
 
@@ -107,7 +129,9 @@ class ShardRunner:
 
     def __init__(self, inputs: Sequence[str], out_dir: str, fn: Callable[[ShardTask], dict], *,
                  workers: int = 1, desc: str = "shards", resume: bool = True, options: Any = None,
-                 on_error: str = "fail", progress: bool = True, marker_dir: Optional[str] = None):
+                 on_error: str = "fail", progress: bool = True, marker_dir: Optional[str] = None,
+                 overwrite: bool = False,
+                 outputs: Optional[Callable[[ShardTask], Sequence[str]]] = None):
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
         if workers < 1:
@@ -122,6 +146,9 @@ class ShardRunner:
         self.on_error = on_error
         self.progress = progress
         self.marker_dir = marker_dir or os.path.join(out_dir, ".shards")
+        self.overwrite = overwrite
+        # the paths a shard writes (besides temps); default: out_dir entries named after it
+        self.outputs = outputs or _default_outputs
         self.results: dict[int, dict] = {}  # per-shard summaries by input index, after run()
 
     def tasks(self) -> list[ShardTask]:
@@ -132,17 +159,54 @@ class ShardRunner:
     def _marker(self, task: ShardTask) -> str:
         return os.path.join(self.marker_dir, task.output_name + ".done.json")
 
+    def _started(self, task: ShardTask) -> str:
+        return os.path.join(self.marker_dir, task.output_name + ".started.json")
+
+    def _read_marker(self, task: ShardTask, started: bool = False) -> Optional[dict]:
+        # a started marker beside a done one is newer (finishing removes it): read it first
+        for path in ((self._started(task),) if started else ()) + (self._marker(task),):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    m = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(m, dict):
+                return m
+        return None
+
     def _load_done(self, task: ShardTask) -> Optional[dict]:
         if not self.resume:
             return None
-        try:
-            with open(self._marker(task), encoding="utf-8") as f:
-                m = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if m.get("fingerprint") != _fingerprint(task.input_path, self.options):
-            return None  # input or options changed since: redo
+        m = self._read_marker(task)
+        if m is None or m.get("fingerprint") != _fingerprint(task.input_path, self.options):
+            return None  # never finished, or input or options changed since: redo
         return m.get("summary")
+
+    def _conflict(self, task: ShardTask) -> Optional[str]:
+        """Why ``task``'s existing outputs are not this run's own work, or None."""
+        existing = [p for p in self.outputs(task) if os.path.lexists(p)]
+        if not existing:
+            return None
+        m = self._read_marker(task, started=True)
+        if m is None:
+            why = "no record of this tool writing it"
+        else:
+            old, new = m.get("fingerprint") or {}, _fingerprint(task.input_path, self.options)
+            # same options, input since changed (or the same: a killed run): the output is this
+            # tool's for this input, and make-like, the rerun redoes it
+            if old.get("options_sha1") == new["options_sha1"] and old.get("input") == new["input"]:
+                return None
+            why = "written with other options"
+        return f"{existing[0]} ({why})"
+
+    def _check_outputs(self, todo: Sequence[ShardTask]) -> None:
+        if self.overwrite:
+            return
+        bad = [c for c in (self._conflict(t) for t in todo) if c]
+        if bad:
+            shown = "; ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+            raise OutputError(f"--output-dir {self.out_dir}: {len(bad)} output(s) exist that this "
+                              f"run would replace: {shown}; pass --overwrite to replace them")
 
     def _remove_stale_temps(self) -> None:
         """Temps of killed runs in the output folder, its direct subfolders and the markers."""
@@ -152,10 +216,14 @@ class ShardRunner:
         remove_stale_temps(dict.fromkeys(dirs))
 
     def run(self) -> dict:
-        t0 = time.time()
         # Output names follow the input names: an output folder that holds (or lies inside) an
         # input would write over it (megatron_ar.io.outputs).
         refuse_overlap([self.out_dir], self.inputs, key="--output-dir")
+        with dirs_removed_on_failure([self.out_dir, self.marker_dir]):
+            return self._run()
+
+    def _run(self) -> dict:
+        t0 = time.time()
         os.makedirs(self.marker_dir, exist_ok=True)
         self._remove_stale_temps()
         tasks = self.tasks()
@@ -173,6 +241,10 @@ class ShardRunner:
                 self.results[t.index] = s
                 summary = merge_summaries(summary, s)
                 done_bytes += size
+        self._check_outputs(todo)
+        for t in todo:  # started markers: a killed shard's outputs are recognisably ours
+            write_json_atomic(self._started(t), {
+                "fingerprint": _fingerprint(t.input_path, self.options)})
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -191,6 +263,8 @@ class ShardRunner:
             nonlocal summary
             write_json_atomic(self._marker(task), {
                 "fingerprint": _fingerprint(task.input_path, self.options), "summary": s})
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._started(task))
             self.results[task.index] = s
             summary = merge_summaries(summary, s)
 

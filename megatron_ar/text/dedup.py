@@ -450,7 +450,8 @@ def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optiona
     # cfg (threads included) is the shards' resume fingerprint: a rerun with another --workers
     # recomputes the keys (cheap next to reading the corpus) rather than trusting stale ones.
     pass1 = run_shards(paths, work_dir, _keys_shard, workers=procs, desc="dedup: hashing",
-                       resume=resume, options=cfg, on_error=on_error, progress=progress)
+                       resume=resume, options=cfg, on_error=on_error, progress=progress,
+                       overwrite=True)  # the work folder is this tool's own
 
     tasks = ShardRunner(paths, work_dir, _keys_shard).tasks()
     keys = np.concatenate([np.load(t.output_path(".keys.npy")) for t in tasks])

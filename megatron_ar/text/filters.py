@@ -190,13 +190,19 @@ def filter_shard(task: ShardTask) -> dict:
             "errors": stats.as_dict()}
 
 
+def _filter_outputs(task: ShardTask) -> list:
+    return [task.output_path(), os.path.join(task.out_dir, "removed", task.output_name)]
+
+
 def filter_files(inputs: Sequence[str], out_dir: str, config: FilterConfig, *, workers: int = 1,
-                 on_error: str = "fail", resume: bool = True, progress: bool = True) -> dict:
+                 on_error: str = "fail", resume: bool = True, progress: bool = True,
+                 overwrite: bool = False) -> dict:
     """Filter ``inputs`` into ``out_dir`` (same file names); returns the run summary."""
     if not config.rules:
         raise ValueError("FilterConfig.rules is empty: nothing to filter on")
     s = run_shards(inputs, out_dir, filter_shard, workers=workers, desc="filter", resume=resume,
-                   options=config, on_error=on_error, progress=progress)
+                   options=config, on_error=on_error, progress=progress, overwrite=overwrite,
+                   outputs=_filter_outputs)
     # keep every rule in the report, in rule order, even if no shard saw it fail
     s["removed_by_rule"] = {r.name: s.get("removed_by_rule", {}).get(r.name, 0) for r in config.rules}
     s["fails_by_rule"] = {r.name: s.get("fails_by_rule", {}).get(r.name, 0) for r in config.rules}

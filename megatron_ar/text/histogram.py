@@ -31,9 +31,10 @@ import json
 import os
 from typing import Optional, Sequence
 
-from megatron_ar.io.atomic import atomic_output
+from megatron_ar.io.atomic import atomic_output, write_json_atomic
+from megatron_ar.io.outputs import OutputError
 from megatron_ar.io.records import ErrorStats, iter_records
-from megatron_ar.io.shards import ShardRunner, ShardTask
+from megatron_ar.io.shards import ShardRunner, ShardTask, fingerprint
 from megatron_ar.text.signals import SIGNAL_NAMES, compute_signals
 
 __all__ = ["HistogramConfig", "bucket_of", "signal_histograms"]
@@ -148,14 +149,29 @@ def hist_shard(task: ShardTask) -> dict:
 
 def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[HistogramConfig] = None, *,
                       workers: int = 1, on_error: str = "fail", resume: bool = True,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, overwrite: bool = False) -> dict:
     """Two passes over ``inputs``; writes ``histogram.json`` and ``samples.jsonl`` into
-    ``out_dir`` and returns the summary (docs, per-signal min/max/counts, files)."""
+    ``out_dir`` and returns the summary (docs, per-signal min/max/counts, files). Existing
+    outputs made from other inputs or options are refused unless ``overwrite``."""
     cfg = config or HistogramConfig()
+    run_file = os.path.join(out_dir, ".histogram-run.json")
+    run_fp = fingerprint(inputs, cfg)
+    finals = [os.path.join(out_dir, n) for n in ("histogram.json", "samples.jsonl")]
+    if not overwrite and any(os.path.lexists(p) for p in finals):
+        try:
+            with open(run_file, encoding="utf-8") as f:
+                same = json.load(f).get("fingerprint") == run_fp
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            raise OutputError(f"--output-dir {out_dir}: holds a histogram made from other inputs "
+                              "or options (histogram.json, samples.jsonl); pass --overwrite to "
+                              "replace them")
     p1 = ShardRunner(inputs, out_dir, minmax_shard, workers=workers, desc="histogram 1/2 (ranges)",
                      resume=resume, options=dataclasses.replace(cfg, ranges=None),
                      on_error=on_error, progress=progress,
-                     marker_dir=os.path.join(out_dir, ".shards-ranges"))
+                     marker_dir=os.path.join(out_dir, ".shards-ranges"), overwrite=overwrite,
+                     outputs=lambda t: [])  # pass 1 writes only its markers
     s1 = p1.run()
     ranges = {}
     for s in cfg.signals:
@@ -165,7 +181,8 @@ def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[Hist
     cfg2 = dataclasses.replace(cfg, ranges=ranges)
     p2 = ShardRunner(inputs, out_dir, hist_shard, workers=workers, desc="histogram 2/2 (buckets)",
                      resume=resume, options=cfg2, on_error=on_error, progress=progress,
-                     marker_dir=os.path.join(out_dir, ".shards-buckets"))
+                     marker_dir=os.path.join(out_dir, ".shards-buckets"), overwrite=overwrite,
+                     outputs=lambda t: [_samples_path(out_dir, t.output_name)])
     s2 = p2.run()
     counts = {sg: [s2.get("counts", {}).get(sg, {}).get(str(b), 0) for b in range(N_BINS)]
               for sg in cfg.signals}
@@ -210,6 +227,7 @@ def signal_histograms(inputs: Sequence[str], out_dir: str, config: Optional[Hist
                            "text": it.get("text", "")}
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     n_samples += 1
+    write_json_atomic(run_file, {"fingerprint": run_fp})
     return {"docs": s2.get("docs", 0), "signals": len(cfg.signals), "samples": n_samples,
             "histogram": hist_path, "samples_file": samples_path,
             "counts": {s: counts[s] for s in cfg.signals},

@@ -271,7 +271,9 @@ def format_table(summary: dict) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def plot_summary(summary: dict, out_png: str) -> None:
+def require_pyplot():
+    """matplotlib's pyplot on the Agg backend, or an ImportError saying how to get it (it is an
+    optional dependency: call before long work so a missing one fails first)."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -279,6 +281,12 @@ def plot_summary(summary: dict, out_png: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_summary(summary: dict, out_png: str) -> None:
+    plt = require_pyplot()
 
     toks = summary["tokenizers"]
     cats = list(summary["categories"])

@@ -27,6 +27,11 @@ def build_cloze_items(texts: Sequence[str], n: int, num_choices: int = 4, seed: 
                       min_words: int = 4) -> List[Dict]:
     """Up to ``n`` cloze items from ``texts`` with at least ``min_words`` words (last word to
     predict among ``num_choices``)."""
+    if n < 1:
+        raise ValueError(f"build_cloze_items: n (number of items) must be >= 1, got {n}")
+    if num_choices < 2:
+        raise ValueError(f"build_cloze_items: num_choices must be >= 2 (a gold answer and at "
+                         f"least one distractor), got {num_choices}")
     rng = random.Random(seed)
     cands = [t.split() for t in texts if len(t.split()) >= min_words]
     if len(cands) < num_choices:
@@ -44,6 +49,9 @@ def build_cloze_items(texts: Sequence[str], n: int, num_choices: int = 4, seed: 
         rng.shuffle(choices)
         items.append({"query": " ".join(words[:-1]), "choices": [" " + c for c in choices],
                       "gold": choices.index(gold_word)})
+    if not items:
+        raise ValueError(f"build_cloze_items: no item has {num_choices - 1} distinct distractor "
+                         "endings; lower num_choices or give more texts")
     return items
 
 

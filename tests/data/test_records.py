@@ -1,4 +1,5 @@
 """Record IO: formats, malformed-line reporting, atomic outputs, shard runner resume/parallel."""
+import glob
 import gzip
 import json
 import os
@@ -8,6 +9,7 @@ import zstandard
 
 from megatron_ar.io.atomic import atomic_output
 from megatron_ar.io.compression import open_text
+from megatron_ar.io.outputs import OutputError
 from megatron_ar.io.records import ErrorStats, RecordError, dump_record, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, run_shards
 from megatron_ar.io.summary import Summary, merge_summaries
@@ -145,10 +147,26 @@ def test_runner_parallel_equals_serial_and_resumes(tmp_path, hadith_docs):
     os.utime(inputs[1], ns=(1, 1))
     s4 = run_shards(inputs, str(tmp_path / "serial"), annotate_shard, workers=1, options=cfg, progress=False)
     assert s4["shards_skipped"] == 3
-    # other options -> other fingerprint -> redo
+    # other options -> other fingerprint: the outputs are refused, naming why, unless overwrite
+    before = {p: open(p, "rb").read() for p in glob.glob(str(tmp_path / "serial" / "*"))}
+    with pytest.raises(OutputError, match=r"part0.jsonl \(written with other options\).*--overwrite"):
+        run_shards(inputs, str(tmp_path / "serial"), annotate_shard, workers=1,
+                   options=AnnotateConfig(signals_key="qs"), progress=False)
+    assert {p: open(p, "rb").read() for p in glob.glob(str(tmp_path / "serial" / "*"))} == before
     s5 = run_shards(inputs, str(tmp_path / "serial"), annotate_shard, workers=1,
-                    options=AnnotateConfig(signals_key="qs"), progress=False)
+                    options=AnnotateConfig(signals_key="qs"), progress=False, overwrite=True)
     assert s5["shards_skipped"] == 0
+    first = next(iter_records(str(tmp_path / "serial" / os.path.basename(inputs[0]))))[1]
+    assert "qs" in first and "quality_signals" not in first
+    # a file that is no run's output, under a shard's name: refused; others in the folder: kept
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / os.path.basename(inputs[2])).write_text("mine\n")
+    (foreign / "notes.txt").write_text("mine too\n")
+    with pytest.raises(OutputError, match="no record of this tool writing it"):
+        run_shards(inputs, str(foreign), annotate_shard, options=cfg, progress=False)
+    run_shards(inputs, str(foreign), annotate_shard, options=cfg, progress=False, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine too\n"
 
 
 def test_runner_error_in_worker_names_file_line(tmp_path, hadith_docs):

@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -90,6 +91,16 @@ def arena(tmp_path_factory, bukhari_records):
     with open(st, "r+b") as f:
         f.truncate(os.path.getsize(st) - 100)
     (a / "notarun").mkdir()
+    # outputs of earlier runs: made with default options, and a file no tool wrote
+    from megatron_ar.text.annotate import normalize_files
+    from megatron_ar.text.histogram import signal_histograms
+
+    normalize_files([str(a / "good.jsonl")], str(a / "normout"), progress=False)
+    signal_histograms([str(a / "good.jsonl")], str(a / "histout"), progress=False)
+    (a / "foreign").mkdir()
+    (a / "foreign" / "good.jsonl").write_text("a user's own file\n", encoding="utf-8")
+    (a / "cloze.jsonl").write_text('{"query": "q", "choices": [" a", " b"], "gold": 0}\n',
+                                   encoding="utf-8")
     return a
 
 
@@ -98,6 +109,8 @@ def _tool(name):
         from megatron_ar.train import main
 
         return main
+    if name.startswith("examples/"):
+        return importlib.import_module(name.replace("/", ".")).main
     return importlib.import_module(f"megatron_ar_tools.{name.replace('/', '.')}").main
 
 
@@ -109,6 +122,13 @@ CASES = [
      "--workers 1 --no-progress", "contains the input"),
     ("normalize-missing", "normalize_text", "--input {a}/nope.jsonl --output-dir {o}/n "
      "--no-progress", "nope.jsonl"),
+    ("normalize-other-options", "normalize_text", "--input {a}/good.jsonl --output-dir "
+     "{a}/normout --no-remove-diacritics --workers 1 --no-progress",
+     "good.jsonl (written with other options); pass --overwrite"),
+    ("signals-foreign-output", "quality_signals", "--input {a}/good.jsonl --output-dir "
+     "{a}/foreign --workers 1 --no-progress", "(no record of this tool writing it)"),
+    ("histogram-other-options", "signal_histogram", "--input {a}/good.jsonl --output-dir "
+     "{a}/histout --samples 2 --workers 1 --no-progress", "made from other inputs or options"),
     ("signals-trunc-zst", "quality_signals", "--input {a}/trunc.jsonl.zst --output-dir {o}/q "
      "--workers 1 --no-progress", "trunc.jsonl.zst:"),
     ("signals-bad-utf8", "quality_signals", "--input {a}/badutf8.jsonl --output-dir {o}/q "
@@ -183,6 +203,16 @@ CASES = [
      "megatron --load-dir {a}/hf --save-dir {o}/meg", "llama"),
     ("compare-missing-megatron", "checkpoint/compare_hf", "--hf-dir {a}/hf --megatron-dir "
      "{a}/nomeg --text-file {a}/good.jsonl", "nomeg"),
+    ("cloze-zero-items", "examples/quickstart/build_cloze_task", "-n 0 --out {o}/c.jsonl",
+     "n (number of items) must be >= 1"),
+    ("cloze-one-choice", "examples/quickstart/build_cloze_task", "--num-choices 1 --out "
+     "{o}/c.jsonl", "num_choices must be >= 2"),
+    ("cloze-existing-out", "examples/quickstart/build_cloze_task", "--out {a}/cloze.jsonl",
+     "cloze.jsonl: exists; pass --overwrite"),
+    ("cloze-out-folder-missing", "examples/quickstart/build_cloze_task", "--out {o}/no/c.jsonl",
+     "/no does not exist"),
+    ("quickdata-zero-docs", "examples/quickstart/build_data", "--out {o}/q --n-ar 0",
+     "--n-ar: must be >= 1"),
     ("train-empty-recipe", "train", "--config {a}/empty.yaml --dry-run", "the recipe is empty"),
     ("train-unknown-key", "train", "--config {a}/unknown.yaml --dry-run",
      "unknown.yaml:3: model.hidden_sise"),
@@ -210,9 +240,11 @@ def test_bad_input(case, arena, tmp_path, capsys):
     assert "Traceback" not in err, err[-3000:]
     assert len(errors) == 1 and named in errors[0], err[-3000:]
     assert _hashes(arena) == before, "an input changed"
-    left = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out)
-                  for f in fs)
-    assert not [p for p in left if not p.startswith(".") and "/." not in p], left
+    # nothing under the case's output folder: no file, no temp, no empty folder a failed run
+    # created (PREFIX.work, an output dir holding only markers)
+    left = sorted(os.path.relpath(os.path.join(d, f), out) for d, ds, fs in os.walk(out)
+                  for f in fs + ds)
+    assert not left, left
 
 
 def test_every_tool_is_in_the_table():
@@ -221,6 +253,26 @@ def test_every_tool_is_in_the_table():
     tools |= {"checkpoint/" + os.path.splitext(f)[0]
               for f in os.listdir(os.path.join(REPO, "tools", "checkpoint"))
               if f.endswith(".py") and not f.startswith("_")}
+    tools |= {"examples/quickstart/" + n for n in ("build_data", "build_cloze_task")}
     covered = {c[1] for c in CASES}
     assert tools - covered == set(), f"tools without bad-input cases: {sorted(tools - covered)}"
     assert "train" in covered
+
+
+@pytest.mark.parametrize("tool,argv", [
+    ("eval_tokenizer", "--tokenizer {a}/tok --input {a}/good.jsonl --plot {o}/p.png"),
+    ("plot_run", "{a}/notarun --out-dir {o}/plots"),
+])
+def test_plots_without_matplotlib(tool, argv, arena, tmp_path, capsys, monkeypatch):
+    """matplotlib is optional: without it a plotting flag is bad input (exit 2, one line saying
+    what to install), found before any work."""
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    rc = _tool(tool)(argv.format(a=arena, o=tmp_path).split())
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    assert [x for x in err.splitlines() if x.startswith("error: ")] == [
+        x for x in err.splitlines() if "needs matplotlib: pip install 'megatron_ar[plots]'" in x]
+    assert "%|" not in err  # no progress bar: the check came before any work
+    assert os.listdir(tmp_path) == []

@@ -184,6 +184,7 @@ class BpeModel:
     added_ids: list[int]
     byte_ids: dict[int, int]        # byte value -> id
     unk_id: Optional[int]
+    model_size: int = 0             # ids in model.vocab; added tokens may follow them
 
     @property
     def size(self) -> int:
@@ -239,6 +240,15 @@ def load_bpe_tokenizer(path: str) -> BpeModel:
     # reversed so that the first (lowest-rank) occurrence of a duplicate pair wins, as in HF
     pair_rank = dict(zip((left * V + right)[::-1].tolist(), (ranks * V + result)[::-1].tolist()))
     added_ids = sorted(int(a["id"]) for a in tj.get("added_tokens") or [])
+    # Added tokens may lie outside model.vocab, after it (Llama-3: 128,000 BPE ids, then 256
+    # specials; our train_tokenizer's layout too): they extend the id space, contiguously.
+    beyond = {int(a["id"]): a["content"] for a in tj.get("added_tokens") or []
+              if int(a["id"]) >= V}
+    if beyond:
+        if sorted(beyond) != list(range(V, V + len(beyond))):
+            raise PruneError(f"{tj_path}: added_tokens outside model.vocab must follow it "
+                             f"contiguously from id {V}; got ids {sorted(beyond)[:5]}...")
+        tokens += [beyond[i] for i in range(V, V + len(beyond))]
     byte_ids = {}
     if model.get("byte_fallback"):
         for i, s in enumerate(tokens):
@@ -247,13 +257,13 @@ def load_bpe_tokenizer(path: str) -> BpeModel:
                 byte_ids[int(m.group(1), 16)] = i
     unk = model.get("unk_token")
     return BpeModel(tj, tokens, vocab, left, right, result, pair_rank, added_ids, byte_ids,
-                    vocab.get(unk) if unk is not None else None)
+                    vocab.get(unk) if unk is not None else None, model_size=V)
 
 
 def bpe_trace(m: BpeModel, s: str) -> tuple[list[int], list[int]]:
     """Replay HF BPE on string ``s`` (already normalized): returns (symbols that existed at any
     step -- initial ones and every merge result, final ones included -- , final ids)."""
-    V = m.size
+    V = m.model_size  # pair_rank packs ids of model.vocab
     syms: list[int] = []
     for ch in s:
         i = m.vocab.get(ch)
@@ -399,7 +409,7 @@ def _remap_post_processor(pp, id_map: np.ndarray):
 def _new_tokenizer_json(m: BpeModel, keep: np.ndarray, id_map: np.ndarray) -> tuple[dict, int]:
     tj = copy.deepcopy({k: v for k, v in m.tj.items() if k != "model"})
     model = {k: v for k, v in m.tj["model"].items() if k not in ("vocab", "merges")}
-    kept_ids = np.flatnonzero(keep)
+    kept_ids = np.flatnonzero(keep[:m.model_size])  # added tokens beyond it stay added only
     model["vocab"] = {m.tokens[i]: int(id_map[i]) for i in kept_ids}
     mk = keep[m.merge_left] & keep[m.merge_right] & keep[m.merge_result]
     # pairs, not "a b" strings: unambiguous even for tokens holding spaces (tokenizers >= 0.20)

@@ -90,6 +90,13 @@ def arena(tmp_path_factory, bukhari_records):
     st = a / "hftrunc" / "model.safetensors"
     with open(st, "r+b") as f:
         f.truncate(os.path.getsize(st) - 100)
+    from megatron_ar.checkpoint.convert import convert
+
+    convert("llama", "hf", "megatron", str(a / "hf"), str(a / "meg"), progress=False)
+    shutil.copytree(a / "meg", a / "megtrunc")
+    distcp = sorted((a / "megtrunc").rglob("*.distcp"))[0]
+    with open(distcp, "r+b") as f:
+        f.truncate(os.path.getsize(distcp) // 2)
     (a / "notarun").mkdir()
     # outputs of earlier runs: made with default options, and a file no tool wrote
     from megatron_ar.text.annotate import normalize_files
@@ -197,6 +204,10 @@ CASES = [
     ("plot-not-a-run", "plot_run", "{a}/notarun --out-dir {o}/plots", "notarun"),
     ("convert-trunc-safetensors", "checkpoint/convert", "--model-type llama --loader hf --saver "
      "megatron --load-dir {a}/hftrunc --save-dir {o}/meg", "hftrunc/model.safetensors"),
+    ("convert-trunc-distcp", "checkpoint/convert", "--model-type llama --loader megatron "
+     "--saver hf --load-dir {a}/megtrunc --save-dir {o}/hf", ".distcp"),
+    ("prune-trunc-checkpoint", "prune_vocab", "--tokenizer {a}/tok --corpus {a}/good.jsonl "
+     "--target-vocab-size 512 --output {o}/pr --checkpoint {a}/hftrunc", "hftrunc"),
     ("convert-save-is-load", "checkpoint/convert", "--model-type llama --loader hf --saver "
      "megatron --load-dir {a}/hf --save-dir {a}/hf --overwrite", "is the input"),
     ("convert-wrong-type", "checkpoint/convert", "--model-type gemma2 --loader hf --saver "

@@ -1,11 +1,18 @@
 """megatron_ar: a Megatron-Core based training framework for Arabic-centric LLMs.
 
-C++ extensions: every folder ``csrc/<name>/`` holding ``*.cpp`` files (and no ``*.cu``) is built
-with pybind11 into the module ``megatron_ar._ext.<name>`` (C++17, -O3, pthreads). A folder that
-also holds ``*.cu`` files is built with torch's ``CUDAExtension`` when the build environment's
-torch is a CUDA build and ``nvcc`` is found (``pip install --no-build-isolation .`` so that the
-build sees the environment's torch; pip's isolated build environment has no torch, and
-``pyproject.toml`` deliberately does not list it: pip would download a multi-GB CUDA build).
+C++ extensions: every folder ``csrc/<name>/`` becomes the module ``megatron_ar._ext.<name>``
+(C++17, -O3), with ``csrc/include`` on the include path (the headers shared by host and device
+code, ``csrc/include/mar/``):
+- only ``*.cpp`` files, none including ``<torch/extension.h>``: pybind11 alone (``dedup``);
+- only ``*.cpp`` files, including ``<torch/extension.h>``: torch's ``CppExtension`` (the CPU
+  builds of the kernels, ``*_cpu``), which needs torch in the build environment;
+- ``*.cu`` files too: torch's ``CUDAExtension``, when the build environment's torch is a CUDA
+  build and ``nvcc`` is found. The ``.cu`` files include no torch header (raw pointers in,
+  launchers out), so ``.ci/check_cuda.sh`` compile-checks them with plain ``nvcc`` on a
+  machine without a GPU or a CUDA torch.
+Build with ``pip install --no-build-isolation .`` so that the build sees the environment's
+torch; pip's isolated build environment has no torch, and ``pyproject.toml`` deliberately does
+not list it: pip would download a multi-GB CUDA build.
 
 An extension that is skipped or fails to compile does not fail the install (the library has a
 pure-Python fallback for each), but the build prints a warning block naming the extension and
@@ -40,13 +47,36 @@ def _warn(name: str, status: str, reason: str) -> None:
         raise SystemExit(f"{REQUIRE_ENV} is set and {name} was {status}: {reason}")
 
 
+INCLUDE = os.path.join("csrc", "include")
+
+
+def _uses_torch(paths) -> bool:
+    for p in paths:
+        with open(os.path.join(HERE, p), encoding="utf-8") as f:
+            if "<torch/extension.h>" in f.read():
+                return True
+    return False
+
+
 def _folders():
-    """csrc/<name>/ -> (name, .cpp sources, .cu sources), relative to this directory."""
+    """csrc/<name>/ -> (name, .cpp sources, .cu sources, uses torch), relative to this
+    directory (``csrc/include`` holds headers only)."""
     for folder in sorted(glob.glob(os.path.join(HERE, "csrc", "*"))):
         rel = lambda paths: [os.path.relpath(p, HERE) for p in sorted(paths)]  # noqa: E731
         cpp, cu = rel(glob.glob(os.path.join(folder, "*.cpp"))), rel(glob.glob(os.path.join(folder, "*.cu")))
         if cpp or cu:
-            yield os.path.basename(folder), cpp, cu
+            yield os.path.basename(folder), cpp, cu, _uses_torch(cpp)
+
+
+def _torch_unavailable_reason():
+    """None when torch's CppExtension can build here, else why not."""
+    try:
+        import torch  # noqa: F401
+        from torch.utils import cpp_extension  # noqa: F401
+    except ImportError as exc:
+        return (f"torch is not importable in the build environment ({exc}); build with "
+                "pip install --no-build-isolation in an environment with torch")
+    return None
 
 
 def _cuda_unavailable_reason():
@@ -68,8 +98,9 @@ def _extensions():
     """(extensions, build_ext base class)."""
     exts, base = [], None
     folders = list(_folders())
-    cpp_only = [(n, cpp) for n, cpp, cu in folders if not cu]
-    cuda = [(n, cpp + cu) for n, cpp, cu in folders if cu]
+    cpp_only = [(n, cpp) for n, cpp, cu, torch_ext in folders if not cu and not torch_ext]
+    torch_cpu = [(n, cpp) for n, cpp, cu, torch_ext in folders if not cu and torch_ext]
+    cuda = [(n, cpp + cu) for n, cpp, cu, _ in folders if cu]
     if cpp_only:
         try:
             from pybind11.setup_helpers import Pybind11Extension
@@ -81,8 +112,24 @@ def _extensions():
             base = pybind11_build_ext
             for name, sources in cpp_only:
                 exts.append(Pybind11Extension(f"megatron_ar._ext.{name}", sources, cxx_std=17,
+                                              include_dirs=[INCLUDE],
                                               extra_compile_args=["-O3", "-pthread"],
                                               extra_link_args=["-pthread"]))
+    if torch_cpu:
+        reason = _torch_unavailable_reason()
+        if reason is not None:
+            for name, _ in torch_cpu:
+                _warn(f"megatron_ar._ext.{name}", "skipped", reason)
+        else:
+            from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+            base = BuildExtension
+            for name, sources in torch_cpu:
+                # -fopenmp: at::parallel_for runs on torch's OpenMP pool (intra-op threads)
+                exts.append(CppExtension(f"megatron_ar._ext.{name}", sources,
+                                         include_dirs=[INCLUDE],
+                                         extra_compile_args=["-O3", "-std=c++17", "-fopenmp"],
+                                         extra_link_args=["-fopenmp"]))
     if cuda:
         reason = _cuda_unavailable_reason()
         if reason is not None:
@@ -94,6 +141,7 @@ def _extensions():
             base = BuildExtension  # compiles .cu with nvcc and .cpp with the host compiler
             for name, sources in cuda:
                 exts.append(CUDAExtension(f"megatron_ar._ext.{name}", sources,
+                                          include_dirs=[INCLUDE],
                                           extra_compile_args={"cxx": ["-O3", "-std=c++17"],
                                                               "nvcc": ["-O3", "-std=c++17"]}))
     return exts, base or _setuptools_build_ext

@@ -33,6 +33,11 @@ ACTIVATIONS = ("swiglu", "geglu_tanh", "relu2", "gelu")
 NORMS = ("rmsnorm", "rmsnorm_one_plus", "rmsnorm_noparam")
 SLIDING_PATTERNS = ("all", "alternate")
 FAMILIES = ("llama", "gemma2", "gpt")
+#: Core-attention implementations (megatron_ar.models.attention); ``auto`` picks per model/device.
+ATTENTION_BACKENDS = ("auto", "unfused", "sdpa", "flex", "te")
+#: model.fused_kernels: the csrc/ kernels (fused cross-entropy, fused RMSNorm); see
+#: megatron_ar.kernels.use_fused.
+FUSED_KERNELS = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -65,6 +70,10 @@ class ModelConfig:
         ``sliding_window_pattern``: ``all`` layers or ``alternate`` (0-based even layers local,
         odd layers global, Gemma-2).
     post_norms: Gemma-2 sandwich norms after attention and MLP.
+    attention_backend: core attention implementation, one of ``ATTENTION_BACKENDS``
+        (``auto``: chosen from the model and the device, logged; an implementation choice
+        that leaves the math and the checkpoint unchanged).
+    fused_kernels: the csrc/ kernels (``auto``: on a GPU when built; ``on``/``off``).
     hf_extra: HF-only config keys carried through conversion unchanged (token ids).
     """
 
@@ -95,6 +104,8 @@ class ModelConfig:
     add_bias_linear: bool = False
     add_qkv_bias: bool = False
     init_method_std: float = 0.02
+    attention_backend: str = "auto"
+    fused_kernels: str = "auto"
     hf_extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -129,6 +140,10 @@ class ModelConfig:
             self._fail("norm", f"must be one of {NORMS}")
         if self.family not in FAMILIES:
             self._fail("family", f"must be one of {FAMILIES}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            self._fail("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        if self.fused_kernels not in FUSED_KERNELS:
+            self._fail("fused_kernels", f"must be one of {FUSED_KERNELS}")
         if self.sliding_window_pattern not in SLIDING_PATTERNS:
             self._fail("sliding_window_pattern", f"must be one of {SLIDING_PATTERNS}")
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):

@@ -14,6 +14,7 @@ Design choices
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterable, List, Optional, Sequence
 
 import torch
@@ -21,8 +22,10 @@ from megatron.core import parallel_state
 
 from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.modules import ArGPTModel, embedding_multiplier
-from megatron_ar.models.spec import LayerModules, block_spec
+from megatron_ar.models.spec import LayerModules, attention_choice, block_spec
 from megatron_ar.runtime.device import module_to_device
+
+log = logging.getLogger(__name__)
 
 
 def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = True,
@@ -72,6 +75,9 @@ def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
         transformer_config = cfg.to_transformer_config(
             tp=tp, pp=pp, vpp=vpp, sequence_parallel=sequence_parallel,
             params_dtype=params_dtype, **config_overrides)
+    if modules is None:
+        choice = attention_choice(cfg, use_te, transformer_config.context_parallel_size or 1)
+        log.info("attention backend: %s (%s)", choice.backend, choice.reason)
     chunks = []
     stages = range(vpp) if (vpp or 1) > 1 else [None]
     for vp_stage in stages:

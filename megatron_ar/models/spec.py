@@ -11,9 +11,11 @@ Design choices
   IdentityOp and the norm weight lives at ``...linear_qkv.layer_norm_weight``), attention is
   ``TEDotProductAttention`` (sliding window is passed by megatron-core from ``config.window_size``),
   (1+w) norms use TE's ``zero_centered_gamma``. What TE cannot do falls back to our modules inside
-  the TE spec: parameter-free norms (nanochat) use :class:`RMSNorm` + ``TEColumnParallelLinear``,
-  and attention logit soft-capping uses :class:`SoftcapDotProductAttention` (TE's fused attention
-  has no soft-cap).
+  the TE spec: parameter-free norms (nanochat) use :class:`RMSNorm` + ``TEColumnParallelLinear``.
+- Core attention is a separate choice (``model.attention_backend``,
+  :mod:`megatron_ar.models.attention`): unfused reference, torch SDPA, FlexAttention (the
+  soft-capped Gemma-2 path) or TE's; :func:`attention_choice` resolves ``auto`` and
+  :func:`megatron_ar.models.builder.build_model` logs the result.
 - The local variant uses megatron-core's ``ColumnParallelLinear``/``RowParallelLinear``/
   ``DotProductAttention`` and our :class:`RMSNorm` for *every* norm (``WrappedTorchNorm`` refuses
   sequence parallelism). It keeps megatron-core's local ``sharded_state_dict_keys_map`` so
@@ -43,6 +45,13 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from megatron_ar.models.attention import (
+    AttentionChoice,
+    FlexAttention,
+    SDPAttention,
+    choose_backend,
+    te_softcap_attention_class,
+)
 from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.modules import RMSNorm, SandwichTransformerLayer, SoftcapDotProductAttention
 
@@ -71,9 +80,33 @@ def norm_spec(cfg: ModelConfig) -> ModuleSpec:
     return ModuleSpec(module=RMSNorm, params={"learnable": cfg.norm != "rmsnorm_noparam"})
 
 
-def _core_attention_local(cfg: ModelConfig):
-    return ModuleSpec(module=SoftcapDotProductAttention,
-                      params={"logit_softcap": cfg.attn_logit_softcap})
+def attention_choice(cfg: ModelConfig, use_te: Optional[bool] = None,
+                     context_parallel_size: int = 1) -> AttentionChoice:
+    """``cfg.attention_backend`` resolved for this machine (``auto``: see
+    :func:`megatron_ar.models.attention.choose_backend`). The device is the real one
+    (``torch.cuda.is_available()``), not the CPU emulation's tag."""
+    if use_te is None:
+        use_te = te_available()
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return choose_backend(cfg.attention_backend, cfg.attn_logit_softcap, use_te, device_type,
+                          cp=context_parallel_size)
+
+
+_TORCH_BACKENDS = {"unfused": SoftcapDotProductAttention, "sdpa": SDPAttention,
+                   "flex": FlexAttention}
+
+
+def core_attention_spec(cfg: ModelConfig, backend: str):
+    """The core-attention spec of ``backend`` (one of megatron_ar.models.attention's)."""
+    if backend == "te":
+        if cfg.attn_logit_softcap:
+            return ModuleSpec(module=te_softcap_attention_class(),
+                              params={"logit_softcap": cfg.attn_logit_softcap})
+        from megatron.core.extensions.transformer_engine import TEDotProductAttention
+
+        return TEDotProductAttention
+    params = {"logit_softcap": cfg.attn_logit_softcap} if cfg.attn_logit_softcap else {}
+    return ModuleSpec(module=_TORCH_BACKENDS[backend], params=params)
 
 
 @dataclass(frozen=True)
@@ -96,21 +129,22 @@ class LayerModules:
     keys_map: Dict[str, str] = field(default_factory=dict)
 
 
-def layer_modules(cfg: ModelConfig, use_te: Optional[bool] = None) -> LayerModules:
+def layer_modules(cfg: ModelConfig, use_te: Optional[bool] = None,
+                  context_parallel_size: int = 1) -> LayerModules:
     """The local (megatron-core + ours) or Transformer Engine module set for ``cfg``
-    (``use_te=None``: auto-detect)."""
+    (``use_te=None``: auto-detect), with the core attention of :func:`attention_choice`."""
     if use_te is None:
         use_te = te_available()
     norm = norm_spec(cfg)
     qk_norm = norm if cfg.qk_norm else IdentityOp
+    core = core_attention_spec(cfg, attention_choice(cfg, use_te, context_parallel_size).backend)
     if not use_te:
         return LayerModules(column_in=ColumnParallelLinear, row=RowParallelLinear,
-                            core_attention=_core_attention_local(cfg), pre_norm=norm,
+                            core_attention=core, pre_norm=norm,
                             branch_norm=norm, qk_norm=qk_norm, final_norm=norm,
                             keys_map=dict(LOCAL_SHARDED_KEYS_MAP))
     from megatron.core.extensions.transformer_engine import (
         TEColumnParallelLinear,
-        TEDotProductAttention,
         TELayerNormColumnParallelLinear,
         TENorm,
         TERowParallelLinear,
@@ -120,8 +154,7 @@ def layer_modules(cfg: ModelConfig, use_te: Optional[bool] = None) -> LayerModul
     return LayerModules(
         column_in=TELayerNormColumnParallelLinear if fused_norm else TEColumnParallelLinear,
         row=TERowParallelLinear,
-        core_attention=(_core_attention_local(cfg) if cfg.attn_logit_softcap
-                        else TEDotProductAttention),
+        core_attention=core,
         pre_norm=IdentityOp if fused_norm else norm,
         branch_norm=TENorm if fused_norm else norm,
         qk_norm=(TENorm if cfg.qk_norm and fused_norm else qk_norm),
@@ -176,6 +209,7 @@ def block_spec(cfg: ModelConfig, transformer_config, use_te: Optional[bool] = No
                modules: Optional[LayerModules] = None) -> TransformerBlockSubmodules:
     """Decoder-block spec for the layers this (pipeline rank, virtual stage) builds."""
     n = get_num_layers_to_build(transformer_config, vp_stage=vp_stage, pp_rank=pp_rank)
-    m = modules if modules is not None else layer_modules(cfg, use_te)
+    m = modules if modules is not None else layer_modules(
+        cfg, use_te, getattr(transformer_config, "context_parallel_size", 1) or 1)
     return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg, modules=m)] * n,
                                       layer_norm=m.final_norm)

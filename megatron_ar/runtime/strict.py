@@ -516,6 +516,12 @@ class StrictDeviceMode(CpuDeviceMode):
     module docstring)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if torch.compiler.is_compiling():
+            # Inside a region dynamo traces (eager FlexAttention wraps its kernel so) tensors
+            # are fakes that take no attributes: no checks or tags there. The region's inputs
+            # were checked where they were made; its outputs leave untagged (placement
+            # unknown), which later checks accept as either side.
+            return super().__torch_function__(func, types, args, kwargs)
         special = _SPECIAL.get(func)
         if special is not None:
             return special(self, func, args, kwargs or {})

@@ -48,6 +48,12 @@ class ModelSection:
     overrides: Dict[str, Any] = field(default_factory=dict)
     # Tokenizer directory (HF tokenizer.json) used for decoding in backtrace / BPB / generation.
     tokenizer: Optional[str] = None
+    # Core attention: auto | unfused | sdpa | flex | te (megatron_ar.models.attention); auto is
+    # chosen per model and device and printed in the plan. Implementation only: the weights
+    # and checkpoints are the same for every backend.
+    attention_backend: str = "auto"
+    # The csrc/ fused kernels (cross-entropy, RMSNorm): auto (on a GPU when built) | on | off.
+    fused_kernels: str = "auto"
 
 
 @dataclass
@@ -524,6 +530,15 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
     need(lg.log_interval >= 1, "logging.log_interval", "must be >= 1")
     need(lg.peak_tflops > 0, "logging.peak_tflops", "must be > 0")
     need(cfg.model.seq_length >= 2, "model.seq_length", "must be >= 2")
+    from megatron_ar.models.config import ATTENTION_BACKENDS, FUSED_KERNELS
+
+    need(cfg.model.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
+         f"must be one of {', '.join(ATTENTION_BACKENDS)}")
+    need(cfg.model.fused_kernels in FUSED_KERNELS, "model.fused_kernels",
+         f"must be one of {', '.join(FUSED_KERNELS)}")
+    for key in ("attention_backend", "fused_kernels"):
+        need(key not in cfg.model.overrides, f"model.overrides.{key}",
+             f"set model.{key} instead (one place for it)")
     if cfg.model.overrides:
         import dataclasses as _dc
 

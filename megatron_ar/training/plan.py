@@ -203,7 +203,8 @@ class RunPlan:
             "batch": batch,
             "model": {"preset": self.preset, "num_layers": mc.num_layers,
                       "hidden_size": mc.hidden_size,
-                      "padded_vocab_size": mc.padded_vocab_size(L.tp)},
+                      "padded_vocab_size": mc.padded_vocab_size(L.tp),
+                      "attention": _attention(mc)},
             "phases": [_phase_dict(ph) for ph in self.phases],
             "warnings": list(self.warnings),
             "train_iters": self.train_iters,
@@ -250,16 +251,19 @@ def model_config_from(cfg: TrainConfig):
 
     from megatron_ar.models.presets import get_preset
 
+    fields = dict(cfg.model.overrides, seq_length=cfg.model.seq_length,
+                  attention_backend=cfg.model.attention_backend,
+                  fused_kernels=cfg.model.fused_kernels)
     if os.path.isdir(cfg.model.preset):
         from megatron_ar.checkpoint import read_checkpoint_info
 
         mc = read_checkpoint_info(cfg.model.preset).model_config
         try:
-            return mc.replace(**dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
+            return mc.replace(**fields)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.overrides: {exc}") from exc
     try:
-        return get_preset(cfg.model.preset, **dict(cfg.model.overrides, seq_length=cfg.model.seq_length))
+        return get_preset(cfg.model.preset, **fields)
     except KeyError as exc:
         raise ConfigError(f"model.preset: {exc.args[0]}") from exc
     except (TypeError, ValueError) as exc:
@@ -502,6 +506,18 @@ def _optimizer_summary(cfg: TrainConfig) -> Dict[str, Any]:
             "optimizer_state_dtype": (o.exp_avg_dtype if o.use_precision_aware_optimizer else "fp32")}
 
 
+def _attention(mc) -> Dict[str, str]:
+    """The core-attention backend this machine would build (``model.attention_backend``);
+    an override that cannot run raises here, before anything is built."""
+    from megatron_ar.models.spec import attention_choice
+
+    try:
+        choice = attention_choice(mc)
+    except ValueError as exc:  # the message names model.attention_backend
+        raise ConfigError(str(exc)) from None
+    return {"backend": choice.backend, "reason": choice.reason}
+
+
 def _num(x) -> str:
     if x is None:
         return "?"
@@ -518,7 +534,8 @@ def format_plan(pl: Dict[str, Any]) -> str:
                    f"{r['global_batch_size']} ({r['num_microbatches']} micro-batches/rank)"
                    for r in b["rampup"]["table"]) if b.get("rampup") else ""),
         f"model: {pl['model']['preset']} ({pl['model']['num_layers']} layers, hidden {pl['model']['hidden_size']}, "
-        f"padded vocab {pl['model']['padded_vocab_size']})",
+        f"padded vocab {pl['model']['padded_vocab_size']}); attention "
+        f"{pl['model']['attention']['backend']} ({pl['model']['attention']['reason']})",
     ]
     if "optimizer" in pl:
         o = pl["optimizer"]

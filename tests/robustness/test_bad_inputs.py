@@ -231,6 +231,14 @@ CASES = [
                                                              "fanar_star_7b.yaml")
      + " --dry-run --analytic-only --world-size 168 --tensor-model-parallel-size 3",
      "tensor_model_parallel_size=3 must divide"),
+    ("train-attention-cannot-cap", "train", "--config " + os.path.join(
+        REPO, "examples", "recipes", "fanar_prime_9b_cpt.yaml") + " --dry-run --analytic-only "
+     "--skip-input-checks --world-size 168 --attention-backend sdpa",
+     "model.attention_backend: 'sdpa' cannot run this model here"),
+    ("train-attention-unknown", "train", "--config " + os.path.join(
+        REPO, "examples", "recipes", "fanar_prime_9b_cpt.yaml") + " --dry-run --analytic-only "
+     "--skip-input-checks --world-size 168 --attention-backend flash",
+     "model.attention_backend: must be one of auto, unfused, sdpa, flex, te"),
     ("train-missing-data", "train", "--config " + os.path.join(REPO, "examples", "recipes",
                                                                  "fanar_star_7b.yaml")
      + " --dry-run --analytic-only --world-size 168", "data.datasets.ar: /data/"),

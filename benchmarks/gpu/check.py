@@ -27,6 +27,19 @@ the others' figures; results are printed as they arrive and rewritten to ``--out
                       (d) ``megatron_ar.training.memory_probe.probe_memory`` for the same slice
                       (fake-CUDA prediction), compared with the measured peak of the perf part;
                       "not available" when the probe is not importable.
+  build-kernels       ``python setup.py build_ext --inplace``: the csrc/ CUDA extensions with
+                      the machine's nvcc and CUDA torch; the build report per extension.
+  bench-attention     benchmarks/attention.py at Gemma-2-9B's attention (seq 4096, 16/8 heads
+                      of 256, soft-cap 50, window 4096, bf16: unfused vs FlexAttention) and at
+                      Fanar Star's (32 heads of 128, no cap: unfused vs SDPA vs Flex).
+                      Targets (figures, not pass criteria): Flex fwd+bwd >= 3x faster, >= 4x
+                      less peak memory than unfused.
+  bench-xent          benchmarks/cross_entropy.py at seq 4096 x vocab 128,256 (TP=1; /TP is
+                      the same per-rank work): fused CE vs megatron-core's. Target >= 1.5x.
+  bench-rmsnorm       benchmarks/rmsnorm.py at 4096 tokens x hidden 3584 bf16.
+                      The kernel and bench parts are issue figures; give them their own call:
+                      ``bash benchmarks/gpu/check.sh --parts env,build-kernels,bench-attention,
+                      bench-xent,bench-rmsnorm``.
 ``--device cpu --tiny --steps 2`` is the plumbing mode CI runs (tests/benchmarks): the same parts
 with tiny shapes on the CPU; GPU-only figures are skipped with a message.
 Exit status: 0 when no part failed (skips allowed), 1 otherwise.
@@ -57,6 +70,27 @@ PARTS = {
     "perf-gemma2-9b": (120, 45),
     "mem-fanar-star": (90, 30),
     "mem-gemma2-9b": (90, 30),
+    "build-kernels": (240, 90),
+    "bench-attention": (200, 60),
+    "bench-xent": (120, 40),
+    "bench-rmsnorm": (90, 30),
+}
+# bench part -> [(label, script, GPU arguments, CPU plumbing arguments)]
+BENCHES = {
+    "bench-attention": [
+        ("gemma2-9b", "benchmarks/attention.py", ["--gemma"],
+         ["--seq", "128", "--heads", "4", "--groups", "2", "--head-dim", "32", "--softcap",
+          "50", "--window", "64", "--repeats", "1"]),
+        ("fanar-star", "benchmarks/attention.py",
+         ["--seq", "4096", "--heads", "32", "--groups", "32", "--head-dim", "128", "--dtype",
+          "bf16"],
+         ["--seq", "128", "--heads", "4", "--groups", "4", "--head-dim", "32", "--repeats", "1"]),
+    ],
+    "bench-xent": [("gemma2-9b", "benchmarks/cross_entropy.py", ["--gemma"],
+                    ["--tokens", "256", "--vocab", "4096", "--repeats", "1"])],
+    "bench-rmsnorm": [("gemma2-9b", "benchmarks/rmsnorm.py",
+                       ["--tokens", "4096", "--hidden", "3584", "--dtype", "bf16"],
+                       ["--tokens", "256", "--hidden", "256", "--repeats", "1"])],
 }
 SLICES = {  # name -> (preset, overrides) of the full-width slices
     "fanar-star": ("fanar-star-7b", {"num_layers": 2}),
@@ -399,7 +433,47 @@ def _find_peak(pred) -> Optional[float]:
     return None
 
 
+def part_build(args) -> dict:
+    """Build the extensions in place; report what setup.py recorded for each."""
+    if _device(args) != "cuda":
+        return {"status": "SKIP", "note": "no CUDA device: the CUDA extensions are not built "
+                "here (the CPU builds come with the install)"}
+    rc, output = common.run_cmd([sys.executable, "setup.py", "build_ext", "--inplace"],
+                                args.part_timeout - 10)
+    report_path = os.path.join(common.REPO, "megatron_ar", "_ext", "build_report.json")
+    report = {}
+    if os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+    cuda = {k: v for k, v in report.items() if not k.endswith("_cpu") and "dedup" not in k}
+    built = [k for k, v in cuda.items() if v == "built"]
+    out = {"rc": rc, "report": report, "cuda_built": built, "log_tail": output[-2000:]}
+    out["status"] = "PASS" if rc == 0 and built and len(built) == len(cuda) else "FAIL"
+    return out
+
+
+def part_bench(args, name: str) -> dict:
+    """Run the part's benchmark scripts (their --json summary is the figure)."""
+    gpu = _device(args) == "cuda"
+    out: Dict[str, Any] = {"runs": {}}
+    for label, script, gpu_args, cpu_args in BENCHES[name]:
+        cmd = [sys.executable, script, "--device", "cuda" if gpu else "cpu"] + \
+              (gpu_args if gpu else cpu_args) + ["--json"]
+        rc, output = common.run_cmd(cmd, max(30, args.part_timeout / len(BENCHES[name]) - 5))
+        lines = [x for x in output.strip().splitlines() if x.startswith("{")]
+        out["runs"][label] = {"rc": rc, "command": " ".join(cmd[1:]),
+                              "summary": json.loads(lines[-1]) if rc == 0 and lines else None,
+                              "printed": output[-2500:]}
+    ok = all(r["rc"] == 0 and r["summary"] is not None for r in out["runs"].values())
+    out["status"] = "PASS" if ok else "FAIL"
+    return out
+
+
 def run_part(args, name: str) -> dict:
+    if name == "build-kernels":
+        return part_build(args)
+    if name.startswith("bench-"):
+        return part_bench(args, name)
     if name == "env":
         return part_env(args)
     if name == "logits":
@@ -436,6 +510,24 @@ def _summary_line(name: str, r: dict) -> str:
         if "model_tflops" in r:
             fig += (f", {r['model_tflops']:.0f} TFLOP/s, MFU {100 * r['mfu']:.1f}%, peak mem "
                     f"{r['max_memory_allocated_gib']:.1f} GiB")
+    elif name.startswith("bench-") and "runs" in r:
+        parts = []
+        for label, run in r["runs"].items():
+            backends = (run.get("summary") or {}).get("backends") or {}
+            ratios = (run.get("summary") or {}).get("ratios") or {}
+            if backends:
+                parts.append(label + ": " + ", ".join(
+                    f"{b} fwd+bwd x{v.get('speedup_fwd_bwd') or v.get('speedup_fwd') or 0:.2f} "
+                    f"mem x{v.get('memory_ratio') or 0:.2f}" for b, v in backends.items()
+                    if b != "unfused" and "error" not in v))
+            elif ratios:
+                parts.append(label + ": " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()
+                                                      if isinstance(v, (int, float))))
+            else:
+                parts.append(f"{label}: rc {run.get('rc')}")
+        fig = "; ".join(parts)
+    elif name == "build-kernels":
+        fig = r.get("note") or f"built {r.get('cuda_built')}, rc {r.get('rc')}"
     elif name.startswith("mem-"):
         fig = r.get("note") or r.get("comparison") or "prediction printed above"
     else:

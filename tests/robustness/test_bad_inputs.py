@@ -212,6 +212,9 @@ CASES = [
      "megatron --load-dir {a}/hf --save-dir {a}/hf --overwrite", "is the input"),
     ("convert-wrong-type", "checkpoint/convert", "--model-type gemma2 --loader hf --saver "
      "megatron --load-dir {a}/hf --save-dir {o}/meg", "llama"),
+    ("health-missing", "model_health", "{a}/nockpt --out {o}/h --no-plots", "nockpt"),
+    ("health-out-is-input", "model_health", "{a}/hf --out {a}/hf --no-plots", "is the input"),
+    ("health-trunc-distcp", "model_health", "{a}/megtrunc --out {o}/h --no-plots", ".distcp"),
     ("compare-missing-megatron", "checkpoint/compare_hf", "--hf-dir {a}/hf --megatron-dir "
      "{a}/nomeg --text-file {a}/good.jsonl", "nomeg"),
     ("cloze-zero-items", "examples/quickstart/build_cloze_task", "-n 0 --out {o}/c.jsonl",

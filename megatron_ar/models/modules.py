@@ -7,6 +7,10 @@ What and why (Gemma-2 = Gemma Team 2024, arXiv:2408.00118; nanochat = Karpathy 2
   norms), or no parameters (nanochat). megatron-core's ``WrappedTorchNorm`` refuses sequence
   parallelism, so this norm marks its weight ``sequence_parallel`` (megatron's DDP /
   ``finalize_model_grads`` then all-reduces its grad over TP, as for TE norms).
+  ``fused`` (``model.fused_kernels``, from ``spec.norm_spec``) runs the csrc/ kernel
+  (:func:`megatron_ar.kernels.rmsnorm.rms_norm`, same math, fp32 inside); the decision needs the
+  device, so it is taken on the first forward from the input's device (and kept per device
+  type). The TE spec keeps TE's norms; only its parameter-free norms are this module.
 - :class:`SoftcapDotProductAttention`: megatron-core's local ``DotProductAttention`` plus
   Gemma-2's tanh soft-capping of the attention logits, applied between the scaled ``QK^T`` and
   the (sliding-window) causal mask, exactly where HF's ``eager_attention_forward`` applies it.
@@ -15,7 +19,11 @@ What and why (Gemma-2 = Gemma Team 2024, arXiv:2408.00118; nanochat = Karpathy 2
 - :class:`SandwichTransformerLayer`: Gemma-2's post-attention / post-MLP norms. The layer adds
   ``post_self_attn_layernorm`` / ``post_mlp_layernorm`` (names at layer level, see NAMES.md) and
   wraps its bias-dropout-add callables so the branch output is normalised before the residual
-  add; megatron-core's forward (recompute, offloading, CUDA graphs) is not copied.
+  add; megatron-core's forward (recompute, offloading, CUDA graphs) is not copied. With a fused
+  norm and no active dropout (eval, or ``hidden_dropout`` 0) the wrapper computes
+  ``residual + norm(out)`` in one kernel (``mode="add_after"``), the one norm + residual-add
+  fusion point that lives in our code; megatron-core's pre-norm layers do ``bda`` then the next
+  pre-norm inside their own forward, which we do not copy, so their add stays separate.
 - :class:`ArGPTModel`: GPTModel plus the two model-level extras: the embedding transform
   (``* sqrt(hidden)`` for Gemma, param-free RMSNorm for nanochat) and the final logit soft-cap.
   They are forward hooks on ``embedding`` / ``output_layer`` so megatron-core's ``_preprocess``
@@ -60,10 +68,17 @@ class RMSNorm(torch.nn.Module):
     """
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, learnable: bool = True,
-                 **unused):
+                 fused: str = "off", **unused):
         super().__init__()
+        from megatron_ar.kernels import FUSED_KERNEL_CHOICES
+
+        if fused not in FUSED_KERNEL_CHOICES:
+            raise ValueError(f"model.fused_kernels: must be one of {FUSED_KERNEL_CHOICES}, "
+                             f"got {fused!r}")
         self.hidden_size = hidden_size
         self.eps = eps
+        self.fused = fused
+        self._fused_on = {}  # device type -> use the fused kernel (decided on first forward)
         self.zero_centered_gamma = bool(getattr(config, "layernorm_zero_centered_gamma", False))
         if learnable:
             init = torch.zeros if self.zero_centered_gamma else torch.ones
@@ -74,7 +89,30 @@ class RMSNorm(torch.nn.Module):
         else:
             self.register_parameter("weight", None)
 
+    def uses_fused_kernel(self, x: torch.Tensor) -> bool:
+        """Whether the csrc/ kernel runs for ``x`` (``model.fused_kernels`` on x's device)."""
+        dev = x.device.type
+        if dev not in self._fused_on:
+            from megatron_ar.kernels import use_fused
+
+            self._fused_on[dev] = use_fused(self.fused, "rmsnorm", x.device)
+        return self._fused_on[dev]
+
+    def _fused_call(self, x: torch.Tensor, residual=None, mode: str = "none"):
+        from megatron_ar.kernels.rmsnorm import rms_norm
+
+        return rms_norm(x, self.weight, self.eps, zero_centered_gamma=self.zero_centered_gamma,
+                        residual=residual, mode=mode)
+
+    def add_after(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``, in one kernel when the norm is fused."""
+        if self.uses_fused_kernel(x):
+            return self._fused_call(x, residual, "add_after")
+        return residual + self(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_fused_kernel(x):
+            return self._fused_call(x)
         y = F.rms_norm(x.float(), (self.hidden_size,), eps=self.eps)
         if self.weight is not None:
             w = self.weight.float()
@@ -141,7 +179,13 @@ class SandwichTransformerLayer(TransformerLayer):
                 out, bias = out_with_bias
                 if bias is not None:  # the norm must see the full branch output
                     out = out + bias
-                return bda((getattr(layer, norm_name)(out), None), residual, prob)
+                norm = getattr(layer, norm_name)
+                if ((not training or prob == 0.0) and isinstance(norm, RMSNorm)
+                        and norm.uses_fused_kernel(out)):
+                    # no dropout between norm and add: one kernel for residual + norm(out);
+                    # the residual in out's dtype, as megatron's bias-dropout-add casts it
+                    return norm.add_after(out, residual.to(out.dtype))
+                return bda((norm(out), None), residual, prob)
 
             return apply
 

@@ -76,8 +76,10 @@ def te_available() -> bool:
 
 
 def norm_spec(cfg: ModelConfig) -> ModuleSpec:
-    """Our RMSNorm with the config's weight style ((1+w) comes from the TransformerConfig)."""
-    return ModuleSpec(module=RMSNorm, params={"learnable": cfg.norm != "rmsnorm_noparam"})
+    """Our RMSNorm with the config's weight style ((1+w) comes from the TransformerConfig) and
+    ``model.fused_kernels`` (the csrc/ kernel; decided per device on the first forward)."""
+    return ModuleSpec(module=RMSNorm, params={"learnable": cfg.norm != "rmsnorm_noparam",
+                                              "fused": cfg.fused_kernels})
 
 
 def attention_choice(cfg: ModelConfig, use_te: Optional[bool] = None,

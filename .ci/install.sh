@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-stamp=.ci/.installed-$(sha1sum .ci/install.sh setup.py pyproject.toml | sha1sum | cut -c1-12)
+# The stamp covers the C++/CUDA sources too: a changed kernel is rebuilt by the next install.
+stamp=.ci/.installed-$( (sha1sum .ci/install.sh setup.py pyproject.toml; find csrc -type f | sort \
+  | xargs sha1sum) | sha1sum | cut -c1-12)
 # The editable install must point at *this* checkout (a copied tree keeps a stamp whose install
 # points elsewhere; megatron_ar would still import from the cwd, megatron_ar_tools would not).
 repo=$PWD

@@ -25,6 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--segmenter", choices=["builtin", "farahidi"], default="builtin")
     p.add_argument("--special-tokens", nargs="*", default=list(DEFAULT_SPECIAL_TOKENS))
     p.add_argument("--reserved", type=int, default=64, help="reserved special-token slots")
+    p.add_argument("--model-vocab-size", type=int, default=None,
+                   help="cap on the learned ids (0..N-1); the rest up to --vocab-size becomes "
+                        "reserved slots (autoresearch-v2: 32000 of 32768)")
+    p.add_argument("--specials-at-top", action="store_true",
+                   help="special tokens take the last ids, after the reserved slots "
+                        "(autoresearch-v2's layout), not the ids right after the learned ones")
     p.add_argument("--sample", nargs="*", default=[], metavar="CATEGORY=RATIO")
     p.add_argument("--max-chars", type=int, default=None, help="cap on training characters")
     p.add_argument("--min-frequency", type=int, default=2)
@@ -36,6 +42,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(
         inputs=a.input, output=a.output, algorithm=a.algorithm, vocab_size=a.vocab_size,
         segmenter=a.segmenter, special_tokens=tuple(a.special_tokens), reserved=a.reserved,
+        model_vocab_size=a.model_vocab_size, specials_at_top=a.specials_at_top,
         sample=parse_sample_specs(a.sample), min_frequency=a.min_frequency,
         max_chars=a.max_chars, seed=a.seed, text_key=a.text_key, show_progress=True,
         overwrite=a.overwrite,

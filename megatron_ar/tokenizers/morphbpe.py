@@ -96,6 +96,12 @@ class TrainConfig:
     segmenter: str = "builtin"
     special_tokens: tuple[str, ...] = DEFAULT_SPECIAL_TOKENS
     reserved: int = 64
+    # Layout: the learned (BPE) ids come first. ``model_vocab_size`` caps them (the rest up to
+    # ``vocab_size`` becomes reserved slots); ``specials_at_top`` puts the special tokens at the
+    # very end, after the reserved slots (autoresearch-v2's 32,768: BPE 0-31999, reserved from
+    # 32000, 12 specials at 32756-32767), instead of right after the learned ids (Llama-3's).
+    model_vocab_size: Optional[int] = None
+    specials_at_top: bool = False
     sample: dict[str, float] = field(default_factory=dict)
     min_frequency: int = 2
     max_chars: Optional[int] = None
@@ -125,6 +131,14 @@ class TrainConfig:
                 f"(256 bytes + {len(DIACRITICS)} diacritics + {len(self.special_tokens)} special"
                 f" + {self.reserved} reserved = {floor})"
             )
+        if self.model_vocab_size is not None:
+            low = 256 + len(DIACRITICS)
+            high = self.vocab_size - len(self.special_tokens) - self.reserved
+            if not (isinstance(self.model_vocab_size, int) and low < self.model_vocab_size <= high):
+                raise ValueError(
+                    f"TrainConfig.model_vocab_size: must be in ({low}, {high}] (vocab_size "
+                    f"{self.vocab_size} - {len(self.special_tokens)} special - {self.reserved} "
+                    f"reserved), got {self.model_vocab_size!r}")
         for cat, r in self.sample.items():
             if not (r > 0 and math.isfinite(r)):
                 raise ValueError(f"TrainConfig.sample[{cat!r}]: ratio must be > 0, got {r}")
@@ -348,7 +362,7 @@ def train_tokenizer(cfg: TrainConfig) -> dict:
         timings["segment_s"] = time.perf_counter() - t1
 
     n_special = len(cfg.special_tokens) + cfg.reserved
-    n_learn = cfg.vocab_size - n_special - len(DIACRITICS)
+    n_learn = (cfg.model_vocab_size or cfg.vocab_size - n_special) - len(DIACRITICS)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = _training_pre_tokenizer() if morph else runtime_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
@@ -371,9 +385,9 @@ def train_tokenizer(cfg: TrainConfig) -> dict:
     tok = Tokenizer.from_str(json.dumps(tok_json))
     n_model = tok.get_vocab_size()
     fill = cfg.vocab_size - n_model - n_special
-    specials = list(cfg.special_tokens) + [
-        f"<|reserved_special_token_{i}|>" for i in range(cfg.reserved + fill)
-    ]
+    reserved = [f"<|reserved_special_token_{i}|>" for i in range(cfg.reserved + fill)]
+    specials = (reserved + list(cfg.special_tokens) if cfg.specials_at_top
+                else list(cfg.special_tokens) + reserved)
     from tokenizers import AddedToken
 
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])

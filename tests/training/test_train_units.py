@@ -156,3 +156,20 @@ def test_dry_run_plan_of_the_fanar_recipes(repo_root):
     assert m["optimizer_gib"] == pytest.approx(m["params_per_rank"] * 8 / 21 / 2**30)
     s = star["memory_per_gpu"]  # fp32 master + fp32 moments (12 B) / DP 84
     assert s["optimizer_gib"] == pytest.approx(s["params_per_rank"] * 12 / 84 / 2**30)
+
+
+def test_dry_run_plan_of_the_autoresearch_recipe(repo_root):
+    """The autoresearch-v2 recipe carries the card's curriculum: 47,674 steps of 256 x 2048
+    tokens, phases ending at steps 7,151 (15%) and 19,069 (+25%), the rest (60%) full mix."""
+    from megatron_ar.training.config import load_config
+    from megatron_ar.training.plan import format_plan, plan_run
+
+    cfg = load_config(os.path.join(repo_root, "examples/recipes/autoresearch_v2_540m.yaml"))
+    pl = plan_run(cfg, 8)
+    assert pl["batch"]["tokens_per_step"] == 256 * 2048
+    assert [(p["name"], p["start_step"], p["steps"]) for p in pl["phases"]] == [
+        ("broad", 0, 7151), ("arabic_immersion", 7151, 11918), ("full_mix", 19069, 28605)]
+    assert pl["train_iters"] == 47674
+    assert cfg.optimizer.fp8_format == "e4m3" and cfg.optimizer.fp8_recipe == "tensorwise"
+    assert cfg.model.seq_length == 2048 and pl["model"]["padded_vocab_size"] == 32768
+    assert "phase full_mix: 14,997,258,240 tokens, 28,605 steps" in format_plan(pl)

@@ -136,6 +136,12 @@ CASES = [
      "{a}/foreign --workers 1 --no-progress", "(no record of this tool writing it)"),
     ("histogram-other-options", "signal_histogram", "--input {a}/good.jsonl --output-dir "
      "{a}/histout --samples 2 --workers 1 --no-progress", "made from other inputs or options"),
+    ("boilerplate-trunc-zst", "strip_boilerplate", "--input {a}/trunc.jsonl.zst --output-dir "
+     "{o}/b --no-progress", "trunc.jsonl.zst:"),
+    ("boilerplate-out-holds-input", "strip_boilerplate", "--input {a}/good.jsonl --output-dir "
+     "{a} --no-progress", "contains the input"),
+    ("boilerplate-bad-fraction", "strip_boilerplate", "--input {a}/good.jsonl --output-dir "
+     "{o}/b --min-fraction 1.5 --no-progress", "BoilerplateConfig.min_fraction"),
     ("signals-trunc-zst", "quality_signals", "--input {a}/trunc.jsonl.zst --output-dir {o}/q "
      "--workers 1 --no-progress", "trunc.jsonl.zst:"),
     ("signals-bad-utf8", "quality_signals", "--input {a}/badutf8.jsonl --output-dir {o}/q "

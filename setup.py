@@ -212,6 +212,8 @@ setup(
         "plots": ["matplotlib"],
         # punkt sentence splitting (data.sentence_split falls back to rules without it).
         "nlp": ["nltk"],
+        # tools/perplexity.py (KenLM's query module).
+        "kenlm": ["kenlm"],
         # benchmarks/dedup.py compares with datasketch's MinHashLSH.
         "bench": ["datasketch"],
         "dev": [

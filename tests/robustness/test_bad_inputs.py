@@ -78,6 +78,8 @@ def arena(tmp_path_factory, bukhari_records):
     (a / "badyaml.yaml").write_text("model:\n  preset: [\n", encoding="utf-8")
     (a / "unknown.yaml").write_text("model:\n  preset: tiny-llama\n  hidden_sise: 3\n",
                                     encoding="utf-8")
+    (a / "rules_pct.yaml").write_text("rules:\n  - {signal: perplexity, max_percentile: 195}\n",
+                                      encoding="utf-8")
     (a / "rules_bad.yaml").write_text("rules:\n  - {signal: no_such_signal, max: 1}\n",
                                       encoding="utf-8")
     import sys
@@ -142,6 +144,12 @@ CASES = [
      "{a} --no-progress", "contains the input"),
     ("boilerplate-bad-fraction", "strip_boilerplate", "--input {a}/good.jsonl --output-dir "
      "{o}/b --min-fraction 1.5 --no-progress", "BoilerplateConfig.min_fraction"),
+    ("perplexity-missing-model", "perplexity", "--input {a}/good.jsonl --output-dir {o}/p "
+     "--model {a}/nomodel.arpa --no-progress", "PerplexityConfig.model: "),
+    ("perplexity-bad-signal", "perplexity", "--input {a}/good.jsonl --output-dir {o}/p "
+     "--model {a}/good.jsonl --signal ppl --no-progress", "PerplexityConfig.signal"),
+    ("filter-pct-out-of-range", "filter_data", "--input {a}/good.jsonl --output-dir {o}/f "
+     "--rules {a}/rules_pct.yaml --no-progress", "max_percentile must be in [0, 100]"),
     ("signals-trunc-zst", "quality_signals", "--input {a}/trunc.jsonl.zst --output-dir {o}/q "
      "--workers 1 --no-progress", "trunc.jsonl.zst:"),
     ("signals-bad-utf8", "quality_signals", "--input {a}/badutf8.jsonl --output-dir {o}/q "

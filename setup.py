@@ -47,7 +47,9 @@ def _warn(name: str, status: str, reason: str) -> None:
         raise SystemExit(f"{REQUIRE_ENV} is set and {name} was {status}: {reason}")
 
 
-INCLUDE = os.path.join("csrc", "include")
+# Absolute: torch's BuildExtension compiles through ninja from the build folder, where a relative
+# -I would not resolve.
+INCLUDE = os.path.join(HERE, "csrc", "include")
 
 
 def _uses_torch(paths) -> bool:

@@ -1,5 +1,5 @@
-// Torch binding of the CUDA fused vocab-parallel cross-entropy (kernels in csrc/xent/xent.cu,
-// which includes no torch header). Python API identical to the CPU build
+// Torch binding of the CUDA fused vocab-parallel cross-entropy (kernels in
+// csrc/xent/xent_kernels.cu, which includes no torch header). Python API identical to the CPU build
 // (csrc/xent_cpu/xent_cpu.cpp), so megatron_ar.kernels.cross_entropy calls either the same way:
 //
 //   forward_stats(logits, target, vocab_start, vocab_end, cap, ignore_index,

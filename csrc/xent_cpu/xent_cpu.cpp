@@ -1,6 +1,7 @@
 // CPU build of the fused vocab-parallel cross-entropy: the per-row functions of
-// csrc/include/mar/xent.h (which the CUDA kernel in csrc/xent/xent.cu also calls) looped over
-// rows with at::parallel_for. Python API identical to megatron_ar._ext.xent (csrc/xent/xent.cpp):
+// csrc/include/mar/xent.h (which the CUDA kernel in csrc/xent/xent_kernels.cu also calls)
+// looped over rows with at::parallel_for. Python API identical to megatron_ar._ext.xent
+// (csrc/xent/xent.cpp):
 //
 //   forward_stats(logits, target, vocab_start, vocab_end, cap, ignore_index,
 //                 row_max, row_sumexp, target_logit)      -> None (fills the three fp32 [rows])

@@ -139,7 +139,8 @@ def model_world2(payload):
     TP=2 + sequence parallel: loss and every gradient; plus evidence that the fused model is
     the capped one (its loss differs from an uncapped model's) and that a forward without
     labels still returns capped logits."""
-    from megatron_ar.models import ModelConfig, build_model, gather_full_state_dict
+    from megatron_ar.models import (ModelConfig, build_model, forward_logits,
+                                    gather_full_state_dict, load_full_state_dict)
     from megatron_ar.runtime import init_distributed
 
     cfg = ModelConfig.from_dict(payload["cfg"])
@@ -166,14 +167,10 @@ def model_world2(payload):
         if tp == 1:
             uncapped = cfg.replace(fused_kernels="on", final_logit_softcap=None)
             res["uncapped_loss"] = _model_grads(uncapped, state, mbs, sp)[0]
-            from megatron_ar.models import forward_logits
-
             tokens = mbs[0]["tokens"]
             logits = {}
             for mode in ("off", "on"):
                 chunks = build_model(cfg.replace(fused_kernels=mode))
-                from megatron_ar.models import load_full_state_dict
-
                 load_full_state_dict(chunks, state, cfg)
                 logits[mode] = forward_logits(chunks, tokens, cfg.vocab_size)
             res["logits_diff"] = float((logits["on"] - logits["off"]).abs().max())

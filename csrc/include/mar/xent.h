@@ -1,7 +1,7 @@
 // Per-row math of the fused vocab-parallel cross-entropy (megatron_ar.kernels.cross_entropy),
-// shared by the CUDA kernel (csrc/xent/xent.cu, one thread block per row) and the CPU extension
-// (csrc/xent_cpu/xent_cpu.cpp, one row per at::parallel_for item): both call these functions,
-// so the CPU build that CI tests runs the GPU's arithmetic.
+// shared by the CUDA kernel (csrc/xent/xent_kernels.cu, one thread block per row) and the CPU
+// extension (csrc/xent_cpu/xent_cpu.cpp, one row per at::parallel_for item): both call these
+// functions, so the CPU build that CI tests runs the GPU's arithmetic.
 //
 // Layout: logits [rows, v_local] with a contiguous last dim; this rank owns the global vocab ids
 // [vocab_start, vocab_end). z = softcap(x) = cap * tanh(x / cap) (cap <= 0: z = x).

@@ -2,7 +2,8 @@
 // strided slice of the row through the per-row functions of csrc/include/mar/xent.h (the CPU
 // extension csrc/xent_cpu/ runs the same functions with stride 1). No torch header: raw pointers,
 // sizes and a stream in, so .ci/check_cuda.sh compile-checks this file with bare nvcc; the torch
-// binding is csrc/xent/xent.cpp.
+// binding is csrc/xent/xent.cpp. (Not named xent.cu: setuptools names objects after the source's
+// stem, so xent.cu and xent.cpp would both compile to xent.o and one would overwrite the other.)
 //
 // Choices:
 // - Forward: every thread folds its slice into an online (max, sumexp) pair; the block merges

@@ -51,6 +51,7 @@ def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = 
         embedding_scale=embedding_multiplier(cfg.hidden_size) if cfg.embedding_scale else None,
         embedding_norm=cfg.embedding_norm,
         final_logit_softcap=cfg.final_logit_softcap,
+        fused_kernels=cfg.fused_kernels,
     )
 
 

@@ -29,6 +29,9 @@ What and why (Gemma-2 = Gemma Team 2024, arXiv:2408.00118; nanochat = Karpathy 2
   They are forward hooks on ``embedding`` / ``output_layer`` so megatron-core's ``_preprocess``
   / ``_postprocess`` (SP scatter, MTP, inference paths) stay untouched; both are elementwise or
   per-token, so they commute with the sequence-parallel scatter and the vocab-parallel split.
+  With ``fused_kernels`` selecting the fused cross-entropy (megatron_ar.kernels.cross_entropy),
+  a forward with labels skips the hook's cap and ``compute_language_model_loss`` applies it
+  inside the kernel (no capped copy of the logits); a forward without labels caps as before.
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from megatron_ar.kernels import use_fused
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -217,9 +222,15 @@ class ArGPTModel(GPTModel):
 
     def __init__(self, *args, embedding_scale: Optional[float] = None,
                  embedding_norm: bool = False, final_logit_softcap: Optional[float] = None,
-                 **kwargs):
+                 fused_kernels: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.final_logit_softcap = final_logit_softcap
+        # model.fused_kernels for the LM loss: decided once for the process's device (an
+        # ``on`` without the built extension fails here, at build time, not at the first step).
+        self.fused_cross_entropy = bool(self.post_process) and use_fused(fused_kernels, "xent")
+        # True only inside a forward that computes the loss through the fused kernel: the
+        # output-layer hook then leaves the logits uncapped and the kernel caps them.
+        self._cap_in_loss = False
         self.embedding_transform = None
         if self.pre_process and (embedding_scale is not None or embedding_norm):
             norm = (RMSNorm(self.config, self.config.hidden_size, self.config.layernorm_epsilon,
@@ -233,8 +244,36 @@ class ArGPTModel(GPTModel):
         return self.embedding_transform(output)
 
     def _logits_hook(self, module, inputs, output):
+        if self._cap_in_loss:
+            return None  # compute_language_model_loss caps inside the fused kernel
         logits, bias = output
         return softcap(logits, self.final_logit_softcap), bias
+
+    def forward(self, *args, **kwargs):
+        # GPTModel.forward(input_ids, position_ids, attention_mask, decoder_input, labels, ...)
+        labels = kwargs["labels"] if "labels" in kwargs else (args[4] if len(args) > 4 else None)
+        self._cap_in_loss = self.fused_cross_entropy and labels is not None
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._cap_in_loss = False
+
+    def compute_language_model_loss(self, labels: torch.Tensor,
+                                    logits: torch.Tensor) -> torch.Tensor:
+        """megatron-core's loss ([b, s] labels, [s, b, v/tp] logits -> [b, s] loss) through the
+        fused kernel when ``fused_kernels`` selected it. The logits are capped by the kernel when
+        the forward deferred the cap (``_cap_in_loss``), else they arrive capped by the hook
+        (a direct call from outside a labelled forward): never twice. The backward overwrites
+        the logits with their gradient (megatron_ar.kernels.cross_entropy)."""
+        if not self.fused_cross_entropy:
+            return super().compute_language_model_loss(labels, logits)
+        from megatron_ar.kernels.cross_entropy import fused_vocab_parallel_cross_entropy
+
+        cap = self.final_logit_softcap if self._cap_in_loss else None
+        loss = fused_vocab_parallel_cross_entropy(
+            logits, labels.transpose(0, 1).contiguous(), tp_group=self.pg_collection.tp,
+            softcap=cap)
+        return loss.transpose(0, 1).contiguous()
 
 
 def embedding_multiplier(hidden_size: int) -> float:

@@ -75,7 +75,9 @@ def worker(backend: str, a) -> dict:
 
     init_distributed(tp=1, pp=1, rank=0, world_size=1, master_addr="127.0.0.1",
                      master_port=find_free_port(), backend="nccl" if a.device == "cuda" else "gloo")
-    dev = torch.device(a.device)
+    from megatron_ar.runtime import current_device
+
+    dev = current_device()  # CUDA, or the CPU emulation's device megatron-core's buffers use
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     gen = torch.Generator().manual_seed(0)
     shape_q = (a.seq, a.batch, a.heads, a.head_dim)
@@ -85,6 +87,7 @@ def worker(backend: str, a) -> dict:
     mod = _module(backend, a).to(dev)
     backward = not (backend == "flex" and a.device == "cpu")
     if a.device == "cuda":
+        assert dev.type == "cuda", dev
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -172,6 +175,9 @@ def main(argv=None) -> int:
     backends = [b for b in BACKENDS if not (b == "sdpa" and a.softcap)]
     rows = {b: _run_worker(b, passed) for b in backends}
     ref = rows["unfused"]
+    if "error" in ref:
+        print(f"the unfused reference failed: {ref['error']}", file=sys.stderr)
+        return 1
     summary = {"device": a.device, "seq": a.seq, "batch": a.batch, "heads": a.heads,
                "groups": a.groups, "head_dim": a.head_dim, "softcap": a.softcap or None,
                "window": a.window or None, "dtype": a.dtype, "backends": {}}

@@ -64,12 +64,17 @@ def _child(args) -> dict:
         init_distributed(tp=1, pp=1, rank=0, world_size=1, master_addr="127.0.0.1",
                          master_port=find_free_port(),
                          backend="nccl" if dev.type == "cuda" else "gloo")
+        from megatron_ar.runtime import current_device
+
+        # megatron-core on a CPU runs through the emulation layer: its collectives take the
+        # tensors of the (emulated) device, as they would on a GPU
+        dev = current_device()
     dtype = getattr(torch, args.dtype)
     rows, v = args.tokens, args.vocab // args.tp
     cap = args.softcap
-    gen = torch.Generator(device=dev).manual_seed(0)
-    source = (torch.randn(rows, 1, v, generator=gen, device=dev) * 4).to(dtype)
-    target = torch.randint(0, v, (rows, 1), generator=gen, device=dev)
+    gen = torch.Generator().manual_seed(0)  # the same numbers for both implementations
+    source = (torch.randn(rows, 1, v, generator=gen) * 4).to(dev, dtype)
+    target = torch.randint(0, v, (rows, 1), generator=gen).to(dev)
     grad = torch.ones(rows, 1, device=dev)
     x = torch.empty_like(source).requires_grad_(True)
 

@@ -86,11 +86,14 @@ BENCHES = {
           "bf16"],
          ["--seq", "128", "--heads", "4", "--groups", "4", "--head-dim", "32", "--repeats", "1"]),
     ],
-    "bench-xent": [("gemma2-9b", "benchmarks/cross_entropy.py", ["--gemma"],
-                    ["--tokens", "256", "--vocab", "4096", "--repeats", "1"])],
+    "bench-xent": [("gemma2-9b", "benchmarks/cross_entropy.py", ["--gemma", "--dtype",
+                                                                  "bfloat16"],
+                    ["--tokens", "256", "--vocab", "4096", "--reps", "1"])],
     "bench-rmsnorm": [("gemma2-9b", "benchmarks/rmsnorm.py",
-                       ["--tokens", "4096", "--hidden", "3584", "--dtype", "bf16"],
-                       ["--tokens", "256", "--hidden", "256", "--repeats", "1"])],
+                       ["--tokens", "4096", "--hidden", "3584", "--dtypes", "bfloat16",
+                        "--kinds", "1+w", "--modes", "none,add_after"],
+                       ["--tokens", "256", "--hidden", "256", "--reps", "1", "--kinds", "1+w",
+                        "--modes", "none"])],
 }
 SLICES = {  # name -> (preset, overrides) of the full-width slices
     "fanar-star": ("fanar-star-7b", {"num_layers": 2}),
@@ -513,16 +516,21 @@ def _summary_line(name: str, r: dict) -> str:
     elif name.startswith("bench-") and "runs" in r:
         parts = []
         for label, run in r["runs"].items():
-            backends = (run.get("summary") or {}).get("backends") or {}
-            ratios = (run.get("summary") or {}).get("ratios") or {}
-            if backends:
+            summ = run.get("summary") or {}
+            backends = summ.get("backends") or {}
+            cases = summ.get("cases") or []
+            if "time_ratio" in summ:  # cross_entropy.py: ours / megatron-core
+                parts.append(f"{label}: time x{summ['time_ratio']:.2f}, extra peak memory "
+                             f"x{summ.get('memory_ratio') or 0:.2f} (ours/megatron)")
+            elif cases:  # rmsnorm.py: ours / unfused per case
+                parts.append(label + ": " + ", ".join(
+                    f"{c['mode']}/{c['dtype']} time x{c['ms_ratio']:.2f} peak "
+                    f"x{c['peak_bytes_ratio']:.2f}" for c in cases))
+            elif backends:
                 parts.append(label + ": " + ", ".join(
                     f"{b} fwd+bwd x{v.get('speedup_fwd_bwd') or v.get('speedup_fwd') or 0:.2f} "
                     f"mem x{v.get('memory_ratio') or 0:.2f}" for b, v in backends.items()
                     if b != "unfused" and "error" not in v))
-            elif ratios:
-                parts.append(label + ": " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()
-                                                      if isinstance(v, (int, float))))
             else:
                 parts.append(f"{label}: rc {run.get('rc')}")
         fig = "; ".join(parts)

@@ -6,9 +6,11 @@ and a tiny Gemma-2 model (final_logit_softcap 3) with ``model.fused_kernels`` on
 TP=1 and TP=2 + sequence parallel (2-rank launch).
 
 Tolerances as in test_cross_entropy.py (fp32: loss 1e-6 relative, gradient 1e-6 absolute).
-Model: loss and every gradient tensor within 1e-6 relative (max abs error / max abs value);
-the two paths differ only in the loss op's rounding (~1e-7), which the backward carries
-through a few small layers.
+Model: loss within 1e-6 relative, every gradient tensor within 4e-6 relative (max abs error /
+max abs value). ``fused_kernels: on`` switches the fused RMSNorm on too (the Gemma-2 norms and
+post-norm residual adds), so both ops' fp32 rounding (~1e-7 each) is carried through the
+backward; the unfused TP=2+SP model itself is ~1e-6 from TP=1 (tests/kernels/
+test_rmsnorm_model.py measures the same margin for the norm alone).
 """
 import os
 import sys
@@ -23,6 +25,7 @@ from megatron_ar.runtime import run_multiprocess  # noqa: E402
 pytestmark = pytest.mark.multiproc
 
 TOL = 1e-6
+GRAD_TOL = 4e-6
 CAPS = (None, 30.0)
 
 
@@ -66,8 +69,9 @@ def test_model_fused_on_equals_off():
             assert r["fused"] == (False, True), (rank, tp, r)  # "off" really off, "on" on
             assert r["keys_equal"] and r["n"] > 10, (rank, tp, r)
             assert abs(r["loss_on"] - r["loss_off"]) <= TOL * abs(r["loss_off"]), (rank, tp, r)
-            assert r["grad_rel"] <= TOL, (rank, tp, r)
+            assert r["grad_rel"] <= GRAD_TOL, (rank, tp, r)
         # the cap is applied once: the uncapped model's loss is clearly different
         assert abs(res["uncapped_loss"] - res["tp1"]["loss_on"]) > 1e-2, res
-        # a forward without labels caps the logits as before (the hook): on == off, capped
-        assert res["logits_diff"] <= 1e-6 and res["logits_absmax"] <= cfg.final_logit_softcap
+        # a forward without labels caps the logits as before (the hook): on == off up to the
+        # fused norms' rounding, capped
+        assert res["logits_diff"] <= GRAD_TOL and res["logits_absmax"] <= cfg.final_logit_softcap

@@ -228,9 +228,10 @@ class ArGPTModel(GPTModel):
         # model.fused_kernels for the LM loss: decided once for the process's device (an
         # ``on`` without the built extension fails here, at build time, not at the first step).
         self.fused_cross_entropy = bool(self.post_process) and use_fused(fused_kernels, "xent")
-        # True only inside a forward that computes the loss through the fused kernel: the
-        # output-layer hook then leaves the logits uncapped and the kernel caps them.
+        # Set by a pre-hook at every forward: True when this forward's loss goes through the
+        # fused kernel; the output-layer hook then leaves the logits uncapped for it to cap.
         self._cap_in_loss = False
+        self.register_forward_pre_hook(self._labels_pre_hook, with_kwargs=True)
         self.embedding_transform = None
         if self.pre_process and (embedding_scale is not None or embedding_norm):
             norm = (RMSNorm(self.config, self.config.hidden_size, self.config.layernorm_epsilon,
@@ -249,14 +250,12 @@ class ArGPTModel(GPTModel):
         logits, bias = output
         return softcap(logits, self.final_logit_softcap), bias
 
-    def forward(self, *args, **kwargs):
-        # GPTModel.forward(input_ids, position_ids, attention_mask, decoder_input, labels, ...)
+    def _labels_pre_hook(self, module, args, kwargs):
+        # GPTModel.forward(input_ids, position_ids, attention_mask, decoder_input, labels, ...).
+        # A pre-hook, not a forward override: no frame of ours sits between the caller and
+        # megatron-core's forward (strict device emulation names the caller's line).
         labels = kwargs["labels"] if "labels" in kwargs else (args[4] if len(args) > 4 else None)
         self._cap_in_loss = self.fused_cross_entropy and labels is not None
-        try:
-            return super().forward(*args, **kwargs)
-        finally:
-            self._cap_in_loss = False
 
     def compute_language_model_loss(self, labels: torch.Tensor,
                                     logits: torch.Tensor) -> torch.Tensor:

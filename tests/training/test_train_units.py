@@ -173,3 +173,26 @@ def test_dry_run_plan_of_the_autoresearch_recipe(repo_root):
     assert cfg.optimizer.fp8_format == "e4m3" and cfg.optimizer.fp8_recipe == "tensorwise"
     assert cfg.model.seq_length == 2048 and pl["model"]["padded_vocab_size"] == 32768
     assert "phase full_mix: 14,997,258,240 tokens, 28,605 steps" in format_plan(pl)
+
+
+def test_stop_marker_only_for_a_signal_stop_before_the_end(tmp_path):
+    """train.py --stop-marker: the Slurm launcher requeues when the file exists, so it must be
+    written by rank 0 for a signal stop before the last step, and never for a finished run, an
+    exit_interval stop or another rank."""
+    from types import SimpleNamespace
+
+    from megatron_ar.train import write_stop_marker
+
+    def state(rank, iteration, reason):
+        return SimpleNamespace(layout=SimpleNamespace(rank=rank), iteration=iteration,
+                               train_iters=10, stop_reason=reason)
+
+    cases = [((0, 4, "signal SIGUSR1"), True), ((0, 4, "signal on another rank"), True),
+             ((1, 4, "signal SIGUSR1"), False), ((0, 10, "signal SIGTERM"), False),
+             ((0, 4, "exit_interval 4"), False), ((0, 10, None), False)]
+    for i, (args, written) in enumerate(cases):
+        path = tmp_path / f"marker{i}"
+        assert write_stop_marker(state(*args), str(path)) is written, args
+        assert path.exists() is written, args
+        if written:
+            assert path.read_text() == f"4 {args[2]}\n"

@@ -52,3 +52,40 @@ def save_common_state(common_state_dict, checkpoint_dir: str) -> None:
 
     upstream_attr(common, "save_common", "megatron_ar.compat.dist_checkpointing.save_common_state",
                   ("common_state_dict", "checkpoint_dir"))(common_state_dict, checkpoint_dir)
+
+
+def start_writer_helpers_shielded(signals=None) -> None:
+    """Start the helper processes megatron-core's torch_dist save keeps for the whole run (the
+    ``spawn`` multiprocessing Manager behind ``_get_write_results_queue``, and multiprocessing's
+    resource tracker) with ``signals`` (default SIGTERM, SIGUSR1) blocked, so they inherit the
+    blocked mask and never die of them. Idempotent; call before the first save.
+
+    Versions: 0.16.1-0.19.2 (``megatron.core.dist_checkpointing.strategies.filesystem_async.
+    _get_write_results_queue()``: a module-global ``mp.get_context("spawn").Manager().Queue()``
+    created at the first save and reused by every later one).
+    Why: Slurm delivers ``scancel --signal=USR1`` and ``--signal=USR1@T`` to every process of
+    the job step (slurmstepd signals the whole process container), not only the task. The
+    trainer catches the signal to save and stop, but the Manager is a fresh interpreter with
+    the default action for SIGUSR1 (terminate). Not an upstream bug: megatron-core cannot know
+    that the launcher signals the whole process tree.
+    Without it: after a periodic save, a pre-emption signal kills the Manager and the save the
+    trainer makes in answer to that signal fails (the queue's server is gone), so the job ends
+    without the checkpoint the signal asked for.
+    """
+    import signal
+    from multiprocessing import resource_tracker
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    get_queue = upstream_attr(filesystem_async, "_get_write_results_queue",
+                              "megatron_ar.compat.dist_checkpointing.start_writer_helpers_shielded", ())
+    blocked = set(signals if signals is not None else (signal.SIGTERM, signal.SIGUSR1))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        resource_tracker.ensure_running()
+        # ensure_running unblocks SIGINT/SIGTERM on its way out (it blocks them around its own
+        # spawn): block again before the Manager starts
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        get_queue()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -35,6 +35,9 @@ What is here (module.function: the megatron-core name or behaviour; kind)
 - dist_checkpointing.replace_state_dict_keys_with_sharded_keys: strategies.torch private
   helper; dist_checkpointing.save_common_state: common.pt writer (0.16 strategy registry,
   0.17+ function); version branch
+- dist_checkpointing.start_writer_helpers_shielded: strategies.filesystem_async's private
+  _get_write_results_queue (a spawn Manager reused by every save), started with SIGTERM/SIGUSR1
+  blocked so Slurm's step-wide signals do not kill it; launcher behaviour, not an upstream bug
 """
 from megatron_ar.compat.version import (
     MCORE_VERSION,

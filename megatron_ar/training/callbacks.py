@@ -371,6 +371,12 @@ class CheckpointCallback:
 
     def on_train_start(self, state) -> None:
         self.last_saved = state.iteration if state.iteration else None
+        if self.cfg.checkpoint.exit_on_signal:
+            # Slurm signals every process of the step: the save answering a SIGUSR1 needs the
+            # checkpoint writer's helper processes alive (megatron_ar.compat.dist_checkpointing)
+            from megatron_ar.compat.dist_checkpointing import start_writer_helpers_shielded
+
+            start_writer_helpers_shielded()
 
     def on_step_end(self, state, metrics: Dict[str, Any]) -> None:
         n = self.cfg.checkpoint.save_interval

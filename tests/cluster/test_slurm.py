@@ -137,8 +137,11 @@ def test_2x2_slurm_run_equals_single_host_run(slurm_cluster, reference, train_da
 def test_usr1_saves_exits_requeues_and_resumes_bit_exactly(slurm_cluster, reference, train_data, tmp_path):
     run_dir = _recipe(tmp_path, train_data)
     t0 = time.time()
-    job, log = _submit(slurm_cluster, tmp_path, "preempt", "--save-interval", "100")
-    _wait_metrics_step(run_dir, 1, slurm_cluster, job, log)
+    # a periodic save first (at step 2): the signal must not break later saves (the checkpoint
+    # writer's helper processes receive it too)
+    job, log = _submit(slurm_cluster, tmp_path, "preempt", "--save-interval", "2")
+    _wait_metrics_step(run_dir, 2, slurm_cluster, job, log)
+    assert os.path.isdir(os.path.join(run_dir, "checkpoints", "iter_0000002"))
     # as a pre-emption warning or --signal=USR1@T: reaches every task of the step
     slurm_cluster.cmd("scancel", "--signal=USR1", str(job))
     info, out = _finish(slurm_cluster, job, log)
@@ -147,7 +150,7 @@ def test_usr1_saves_exits_requeues_and_resumes_bit_exactly(slurm_cluster, refere
     stops = [ln for ln in out.splitlines() if ln.startswith("launcher: training stopped at step ")]
     assert len(stops) == 1, out[-4000:]
     stopped = int(stops[0].split()[5])
-    assert 2 <= stopped < STEPS, stops
+    assert 3 <= stopped < STEPS, stops
     # the first start saved a complete checkpoint (every rank's RNG, the train state) and exited 0
     assert f"[checkpoint] stopping after step {stopped}: signal SIGUSR1" in out, out[-4000:]
     ck = os.path.join(run_dir, "checkpoints", f"iter_{stopped:07d}")

@@ -232,15 +232,16 @@ def _wait_for(pred, timeout: float, what: str, root: str, procs: Optional[List] 
     while time.time() - t0 < timeout:
         if pred():
             return
-        for p in procs or []:
-            if p.poll() is not None:
-                break
+        dead = [p.args[0] for p in procs or [] if p.poll() is not None]
+        if dead:
+            what += f" ({', '.join(dead)} exited)"
+            break
         time.sleep(0.2)
     logs = []
     for name in sorted(os.listdir(os.path.join(root, "log"))):
         with open(os.path.join(root, "log", name), errors="replace") as f:
             logs.append(f"--- {name}\n{f.read()[-1500:]}")
-    raise RuntimeError(f"Slurm test cluster: timed out waiting for {what}\n" + "\n".join(logs))
+    raise RuntimeError(f"Slurm test cluster: no {what}\n" + "\n".join(logs))
 
 
 @pytest.fixture(scope="module")

@@ -122,8 +122,13 @@ def _wait_metrics_step(run_dir, step, cluster, job, log, timeout=300):
 def test_2x2_slurm_run_equals_single_host_run(slurm_cluster, reference, train_data, tmp_path):
     TIMINGS["cluster start-up"] = slurm_cluster.startup_s
     run_dir = _recipe(tmp_path, train_data)
+    # ENV_ACTIVATE is sourced by the batch shell and by each of the 4 tasks
+    acted = tmp_path / "activated"
+    acted.mkdir()
+    (tmp_path / "activate.sh").write_text(f'touch "{acted}/$$"\n')
     t0 = time.time()
-    job, log = _submit(slurm_cluster, tmp_path, "parity", "--save-interval", "100")
+    job, log = _submit(slurm_cluster, tmp_path, "parity", "--save-interval", "100",
+                       env={"ENV_ACTIVATE": str(tmp_path / "activate.sh")})
     info, out = _finish(slurm_cluster, job, log)
     TIMINGS["2x2 slurm run"] = time.time() - t0
     assert info["JobState"] == "COMPLETED", out[-4000:]
@@ -131,6 +136,7 @@ def test_2x2_slurm_run_equals_single_host_run(slurm_cluster, reference, train_da
     first = slurm_cluster.nodes[0]
     assert f"4 tasks, 2/node x 1 CPUs, master {first.addr}:" in out, out[-3000:]
     assert "layout TP=2 PP=2 VPP=1 DP=1" in out, out[-3000:]
+    assert len(os.listdir(acted)) == 5, os.listdir(acted)
     _same_numbers(run_dir, reference)
 
 

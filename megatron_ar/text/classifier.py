@@ -394,14 +394,14 @@ def _train_hf(cfg: TrainConfig, emb: np.ndarray, y: np.ndarray, labels, tmp: str
         loss = torch.nn.functional.cross_entropy(head(x), target)
         loss.backward()
         opt.step()
-    if not math.isfinite(float(loss)):
-        raise ValueError(f"TrainConfig.lr: the head's training loss diverged ({float(loss)}); "
+    if not math.isfinite(loss.item()):
+        raise ValueError(f"TrainConfig.lr: the head's training loss diverged ({loss.item()}); "
                          "lower --lr")
     state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
     state.update({"norm.mean": mean.contiguous(), "norm.std": std.contiguous()})
     save_file(state, os.path.join(tmp, HEAD_NAME))
     return QualityClassifier({"backend": "hf", "labels": list(labels)}, head=head.eval(),
-                             norm=(mean, std)), float(loss)
+                             norm=(mean, std)), loss.item()
 
 
 # ----------------------------------------------------------------------------- train

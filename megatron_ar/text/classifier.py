@@ -160,9 +160,6 @@ class ScoreConfig:
     model_digest: str = ""  # set by score_files: a retrained model is new options (shards redone)
 
     def validate(self) -> None:
-        if not os.path.isfile(os.path.join(self.model, CONFIG_NAME)):
-            raise FileNotFoundError(f"ScoreConfig.model: {self.model}: no {CONFIG_NAME} (not a "
-                                    "folder written by quality_classifier train)")
         if not self.prefix.startswith("classifier"):
             raise ValueError(f"ScoreConfig.prefix: must start with 'classifier' (filter rules "
                              f"read it as an external signal), got {self.prefix!r}")
@@ -171,6 +168,9 @@ class ScoreConfig:
                              f"{self.fields!r}")
         if self.batch_size < 1:
             raise ValueError(f"ScoreConfig.batch_size: must be >= 1, got {self.batch_size}")
+        if not os.path.isfile(os.path.join(self.model, CONFIG_NAME)):
+            raise FileNotFoundError(f"ScoreConfig.model: {self.model}: no {CONFIG_NAME} (not a "
+                                    "folder written by quality_classifier train)")
 
     def field_names(self, labels: Sequence[int]) -> List[str]:
         out = [f"{self.prefix}_score"] if self.fields in ("score", "both") else []

@@ -155,3 +155,29 @@ def quality_task(n: int = 600, seed: int = 0) -> list[dict]:
             bad = "\n".join(x for c in chunks for x in (c, line))
         out.append({"id": f"bad{i}", "text": bad, "score": 0})
     return out
+
+
+def tiny_bert_encoder(texts: list[str], out_dir: str, hidden: int = 32) -> str:
+    """A tiny random ``BertModel`` (2 layers, ``hidden`` wide, 128 positions) and a WordPiece
+    tokenizer (2,000 pieces) trained on ``texts``, saved with ``save_pretrained`` into
+    ``out_dir``: an HF encoder folder that ``AutoModel``/``AutoTokenizer`` load offline."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000,
+                                                             special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in special[2:4]])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                            model_max_length=128).save_pretrained(out_dir)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden,
+                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
+                         max_position_embeddings=128)).save_pretrained(out_dir)
+    return out_dir

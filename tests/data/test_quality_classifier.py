@@ -51,27 +51,8 @@ def ft(d):
 @pytest.fixture(scope="module")
 def encoder(d):
     """A tiny random BERT and a WordPiece tokenizer trained on the task's real paragraphs."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
     recs = material.quality_task(600)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator([r["text"] for r in recs[::2][:300]],
-                            trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in special[2:4]])
-    out = str(d / "enc")
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                            model_max_length=128).save_pretrained(out)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=128)).save_pretrained(out)
+    out = material.tiny_bert_encoder([r["text"] for r in recs[::2][:300]], str(d / "enc"))
     return recs, _write(d / "ann_hf.jsonl", recs), out
 
 

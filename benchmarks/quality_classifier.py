@@ -13,16 +13,14 @@ trained on the task: its figures show the pipeline, not what a real encoder (BGE
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-import material  # noqa: E402  (the tests' loaders: hadith, Python docs, the tiny encoder)
-
-from megatron_ar.text.classifier import (QualityClassifier, ScoreConfig, TrainConfig,  # noqa: E402
+import _material
+from megatron_ar.text.classifier import (QualityClassifier, ScoreConfig, TrainConfig,
                                          _ft_line, score_files, train_classifier)
+
+material = _material.tests_material()  # hadith, Python docs, the task, the tiny encoder
 
 
 def _write(path, recs):

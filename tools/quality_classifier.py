@@ -30,13 +30,14 @@ def _train(a) -> None:
                       threads=a.threads, holdout_fraction=a.holdout_fraction, seed=a.seed,
                       bins=a.bins, text_key=a.text_key, score_key=a.score_key,
                       overwrite=a.overwrite)
-    s = train_classifier(cfg)
+    s = train_classifier(cfg, progress=not a.no_progress)
     if a.json:
         _cli.emit_json(s)
         return
     h = s.get("holdout") or {}
     flat = {k: v for k, v in s.items() if k not in ("holdout",)}
-    flat.update({f"holdout_{k}": v for k, v in h.items() if k != "reliability"})
+    flat.update({k if k.startswith("holdout") else f"holdout_{k}": v for k, v in h.items()
+                 if k != "reliability"})
     emit_summary("quality_classifier train", flat, False)
 
 
@@ -84,6 +85,7 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--bins", type=int, default=10, help="ECE / reliability bins")
     t.add_argument("--text-key", default="text")
+    _cli.add_progress(t)
     t.add_argument("--score-key", default="score")
     s = sub.add_parser("score", help="add classifier scores to quality_signals")
     _cli.add_json(s)

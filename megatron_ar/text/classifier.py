@@ -269,10 +269,18 @@ class _Encoder:
         self.max_length = min(max_length, limit) if 0 < limit < 1_000_000 else max_length
         self.batch_size = batch_size
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         torch = self.torch
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
         out: List[Optional[np.ndarray]] = [None] * len(texts)
+        bar = None
+        if progress:
+            import sys
+
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(texts), unit="doc", desc="embed", file=sys.stderr,
+                       dynamic_ncols=True, mininterval=0.5)
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
@@ -283,6 +291,10 @@ class _Encoder:
             pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
             for j, i in enumerate(idx):
                 out[i] = pooled[j].numpy()
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
         return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
@@ -355,7 +367,7 @@ def _ft_proba(model, texts: Sequence[str], labels: Sequence[int]) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def _train_fasttext(cfg: TrainConfig, texts, y, labels, tmp: str):
+def _train_fasttext(cfg: TrainConfig, texts, y, labels, tmp: str, progress: bool = False):
     ft = import_fasttext()
     train_file = os.path.join(tmp, "train.txt")
     with open(train_file, "w", encoding="utf-8") as f:
@@ -364,7 +376,8 @@ def _train_fasttext(cfg: TrainConfig, texts, y, labels, tmp: str):
     try:
         model = ft.train_supervised(input=train_file, epoch=cfg.epochs or 25, lr=cfg.lr or 0.5,
                                     wordNgrams=cfg.word_ngrams, dim=cfg.dim, minCount=1,
-                                    loss="softmax", thread=cfg.threads, seed=cfg.seed, verbose=0)
+                                    loss="softmax", thread=cfg.threads, seed=cfg.seed,
+                                    verbose=2 if progress else 0)  # 2: its progress line
     except RuntimeError as e:  # "Encountered NaN.": diverged
         raise ValueError(f"TrainConfig.lr: fastText training failed ({e}); lower --lr") from None
     finally:
@@ -405,9 +418,10 @@ def _train_hf(cfg: TrainConfig, emb: np.ndarray, y: np.ndarray, labels, tmp: str
 
 
 # ----------------------------------------------------------------------------- train
-def train_classifier(cfg: TrainConfig) -> dict:
+def train_classifier(cfg: TrainConfig, progress: bool = False) -> dict:
     """Train on ``cfg.annotations`` (minus the held-out split), measure calibration on the
-    held-out split, publish the model folder atomically; returns the summary."""
+    held-out split, publish the model folder atomically; returns the summary. ``progress``: a
+    progress bar over the encoder's documents (the slow part of ``backend="hf"``)."""
     cfg.validate()
     if cfg.backend == "fasttext":
         import_fasttext()  # before any work
@@ -427,12 +441,12 @@ def train_classifier(cfg: TrainConfig) -> dict:
         if cfg.backend == "fasttext":
             meta.update(dim=cfg.dim, word_ngrams=cfg.word_ngrams, epochs=cfg.epochs or 25,
                         lr=cfg.lr or 0.5, label_format=f"{_LABEL}<score> <one-line text>")
-            clf = _train_fasttext(cfg, [texts[i] for i in tr], y[tr], labels, tmp)
+            clf = _train_fasttext(cfg, [texts[i] for i in tr], y[tr], labels, tmp, progress)
             hold_probs = clf.predict_proba([texts[i] for i in ho])
         else:
             enc = _Encoder(cfg.encoder, cfg.max_length, cfg.batch_size)
             t1 = time.time()
-            emb = enc.embed(texts)
+            emb = enc.embed(texts, progress=progress)
             summary["embed_docs_per_s"] = round(len(texts) / max(time.time() - t1, 1e-9), 1)
             meta.update(encoder=os.path.abspath(cfg.encoder), pooling="mean",
                         max_length=enc.max_length, head=cfg.head, hidden_size=cfg.hidden_size,

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+import material
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from megatron_ar.text.classifier import (QualityClassifier, ScoreConfig, TrainCo
                                          train_classifier)
 
 pytestmark = pytest.mark.unit
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import material  # noqa: E402
 
 fasttext = pytest.importorskip("fasttext", reason="fasttext not installed (.ci/install.sh)")
 

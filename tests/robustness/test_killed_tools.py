@@ -85,7 +85,6 @@ def test_quality_classifier_score_killed_then_resumed(tmp_path):
     pytest.importorskip("fasttext", reason="fasttext not installed (.ci/install.sh)")
     import json
 
-    sys.path.insert(0, os.path.join(REPO, "tests"))
     import material
     from megatron_ar.text.classifier import TrainConfig, train_classifier
 

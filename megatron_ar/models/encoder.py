@@ -33,6 +33,12 @@ Design choices and trade-offs
   the middle stages data for V4-A (``megatron_ar.training.loop.needs_data(model)``).
 - No packing: the BiLSTM runs over the full (packed-document) sequence, pads included; the
   pooling ignores ``laser_padding_idx`` positions as LASER does (an all-pad row pools to 0).
+  Pooling is LASER's max over time (``laser_pooling='max'``, the presets' choice, following
+  the LASER papers); the card describes C's input as "mean-pooled", which
+  ``laser_pooling='mean'`` gives.
+- Cost (measured by ``benchmarks/arkadiko.py``): the card saw ~0.6x (A) and ~0.8x (C) of B's
+  tokens/s on a GPU; the recurrence is sequential over time, so its share grows with sequence
+  length and does not shrink with TP (every rank runs all of it).
 - V4-A is megatron-core's own ``CrossAttention`` in ``TransformerLayerSubmodules``
   (``pre_cross_attn_layernorm`` / ``cross_attention`` / ``cross_attn_bda``), added to the one
   spec by :func:`add_cross_attention`. megatron-core 0.16 refuses grouped-query cross-attention

@@ -9,8 +9,7 @@ Design choices
 - Sources: Fanar Star / Fanar Prime sizes from the Fanar report (Table 6; Prime is Gemma-2-9B
   with its vocabulary pruned 256,000 -> 128,256), Gemma-2-9B from its HF config, the
   autoresearch/nanochat GPT and Arkadiko (V4-A/B/C, the Arkadiko V4 card) from the project's
-  specification. Where the sources
-  are silent we state the choice: Fanar Star uses Llama-2 defaults (RoPE theta 10,000, RMSNorm
+  specification. Where the sources are silent we state the choice: Fanar Star uses Llama-2 defaults (RoPE theta 10,000, RMSNorm
   eps 1e-5); the autoresearch preset uses nanochat's final-logit soft-cap of 15 and its 4x
   ReLU^2 MLP, which with those sizes gives ~268M parameters (the "540m" in the name is a
   label, not a count; see ``python -m megatron_ar.models.info autoresearch-540m``).

@@ -139,8 +139,38 @@ def suite(payload):
                 "enc_grad_max": max(float(g.abs().max()) for k, g in grads.items()
                                     if k.startswith("laser_encoder."))}
             if layout == "pp2" and v == "a":
+                # a dist checkpoint written at PP=2 carries the (here: reloaded) encoder
+                load_laser_checkpoint(chunks, {"model": enc_sd}, cfg)
                 sharded = unwrap(chunks)[0].sharded_state_dict()
                 res["a/pp2/encoder_replica_ids"] = sorted(
                     {tuple(sh.replica_id) for k, sh in sharded.items() if "laser_encoder" in k})
+                _dist_save(sharded, f"{payload['tmp']}/dist")
         res[f"opt/{v}"] = _optimizer_step(cfg, state, mbs)
+
+    # --- that PP=2 checkpoint loads into a PP=1 model: encoder and decoder come back
+    cfg, state = states["a"]
+    _layout(1, 1)
+    chunks = _build(cfg, state)
+    model = unwrap(chunks)[0]
+    from megatron.core import dist_checkpointing
+
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()},
+                                     f"{payload['tmp']}/dist")
+    model.load_state_dict(loaded["model"], strict=False)
+    got = gather_full_state_dict(chunks, cfg)
+    expect = dict(state, **{"laser_encoder." + k: t for k, t in enc_sd.items()})
+    res["dist/reload_max_diff"] = max(float((got[k] - t).abs().max()) for k, t in expect.items())
+    res["dist/n_encoder"] = sum(k.startswith("laser_encoder.") for k in got)
     return res
+
+
+def _dist_save(sharded, path):
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    os.makedirs(path, exist_ok=True)
+    dist.barrier()
+    dist_checkpointing.save({"model": sharded}, path)
+    dist.barrier()

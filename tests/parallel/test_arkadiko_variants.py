@@ -6,7 +6,8 @@ zeroed); the single-process model of the same variant (TP=2+SP and PP=2 logits a
 1e-5 absolute, every gradient within 1e-5 relative, after the encoder paths were made nonzero
 so that a wrong context split or a missing injection fails); megatron-core's own DDP and
 optimizer (the frozen encoder has no grad, no grad buffer, no optimizer state, and does not
-move in a step while the trained parts do); param_counts (built parameter counts).
+move in a step while the trained parts do); param_counts (built parameter counts); a
+megatron-core dist checkpoint written at PP=2 and read back at PP=1 (encoder included).
 """
 import os
 import sys
@@ -89,3 +90,6 @@ def test_laser_checkpoint_file_and_replicas(world2):
         assert res["loader/file"] == (1, 0.0)
     # PP=2: stage 0's encoder copy is the one a dist checkpoint saves, stage 1's a replica
     assert [r["a/pp2/encoder_replica_ids"][0][0] for r in world2] == [0, 1]
+    # a dist checkpoint saved at PP=2 (after loading other encoder weights) reloads at PP=1
+    for res in world2:
+        assert res["dist/n_encoder"] == 41 and res["dist/reload_max_diff"] == 0.0

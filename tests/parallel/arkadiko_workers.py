@@ -127,8 +127,11 @@ def suite(payload):
         _layout(1, 1)
         ref_logits = forward_logits(_build(cfg, state), tokens, cfg.vocab_size)
         ref_loss, ref_grads = _grads(_build(cfg, state), cfg, mbs)
-        for layout, (tp, pp, sp) in {"tp2sp": (2, 1, True), "pp2": (1, 2, False)}.items():
-            _layout(tp, pp)
+        layouts = {"tp2sp": (2, 1, None, True), "pp2": (1, 2, None, False)}
+        if v == "a":  # an encoder copy in every virtual chunk
+            layouts["pp2vpp2"] = (1, 2, 2, False)
+        for layout, (tp, pp, vpp, sp) in layouts.items():
+            _layout(tp, pp, vpp)
             chunks = _build(cfg, state, sp=sp, ddp=True)
             logit = _logit_diff(chunks, cfg, tokens, ref_logits)
             loss, grads = _grads(chunks, cfg, mbs)

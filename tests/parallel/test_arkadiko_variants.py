@@ -2,9 +2,10 @@
 
 Oracles: variant B, the plain decoder (A and C at initialisation must give B's logits bit for
 bit: A through its zero-initialised cross-attention output projections, C with its projection
-zeroed); the single-process model of the same variant (TP=2+SP and PP=2 logits and loss within
-1e-5 absolute, every gradient within 1e-5 relative, after the encoder paths were made nonzero
-so that a wrong context split or a missing injection fails); megatron-core's own DDP and
+zeroed); the single-process model of the same variant (TP=2+SP and PP=2, A also PP=2 with
+2 virtual stages: logits and loss within 1e-5 absolute, every gradient within 1e-5 relative,
+after the encoder paths were made nonzero so that a wrong context split or a missing
+injection fails); megatron-core's own DDP and
 optimizer (the frozen encoder has no grad, no grad buffer, no optimizer state, and does not
 move in a step while the trained parts do); param_counts (built parameter counts); a
 megatron-core dist checkpoint written at PP=2 and read back at PP=1 (encoder included).
@@ -55,8 +56,8 @@ def test_variant_at_init_equals_b(world2, v):
     assert world2[0]["a/init_proj_max"] == 0.0  # zero-init, not zeroed by the test
 
 
-@pytest.mark.parametrize("v", ["a", "c"])
-@pytest.mark.parametrize("layout", ["tp2sp", "pp2"])
+@pytest.mark.parametrize("v,layout", [("a", "tp2sp"), ("a", "pp2"), ("a", "pp2vpp2"),
+                                      ("c", "tp2sp"), ("c", "pp2")])
 def test_parallel_equals_single_process(world2, v, layout):
     reported = [r[f"par/{v}/{layout}"] for r in world2]
     logits = [r["logits"] for r in reported if r["logits"] is not None]

@@ -300,9 +300,12 @@ def laser_shapes(spec: LaserSpec) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
-#: ``params`` entries of a LASER2 checkpoint checked against the spec.
-_PARAMS_CHECK = {"num_embeddings": "vocab_size", "padding_idx": "padding_idx",
-                 "embed_dim": "embed_dim", "hidden_size": "hidden", "num_layers": "num_layers"}
+#: ``params`` entries of a LASER2 checkpoint -> (LaserSpec attribute, ModelConfig field).
+_PARAMS_CHECK = {"num_embeddings": ("vocab_size", "vocab_size"),
+                 "padding_idx": ("padding_idx", "laser_padding_idx"),
+                 "embed_dim": ("embed_dim", "laser_embed_dim"),
+                 "hidden_size": ("hidden", "laser_hidden"),
+                 "num_layers": ("num_layers", "laser_layers")}
 
 
 def laser_state_dict(checkpoint: Mapping[str, Any], spec: LaserSpec) -> Dict[str, torch.Tensor]:
@@ -317,11 +320,10 @@ def laser_state_dict(checkpoint: Mapping[str, Any], spec: LaserSpec) -> Dict[str
         if params.get("bidirectional", True) is not True:
             raise ValueError("LASER checkpoint: params['bidirectional'] must be True "
                              "(LASER2 is a BiLSTM)")
-        for key, ours in _PARAMS_CHECK.items():
+        for key, (ours, field) in _PARAMS_CHECK.items():
             if key in params and params[key] != getattr(spec, ours):
                 raise ValueError(f"LASER checkpoint: params[{key!r}]={params[key]!r} but the "
-                                 f"model expects {getattr(spec, ours)!r} (ModelConfig.laser_"
-                                 f"{ours if ours != 'vocab_size' else 'mode / vocab_size'})")
+                                 f"model has ModelConfig.{field}={getattr(spec, ours)!r}")
     shapes = laser_shapes(spec)
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -349,7 +351,15 @@ def load_laser_checkpoint(chunks, checkpoint, cfg) -> int:
     if spec is None:
         raise ValueError(f"load_laser_checkpoint: model {cfg.name!r} has laser_mode='none'")
     if not isinstance(checkpoint, Mapping):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"{checkpoint}: not loadable with weights_only=True ({str(exc).splitlines()[0]}); "
+                "laser2.pt pickles a fairseq dictionary: re-save {'params': ..., 'model': ...} "
+                "from a trusted copy, or pass the loaded dict") from None
     state = laser_state_dict(checkpoint, spec)
     n = 0
     for chunk in unwrap(chunks):

@@ -107,7 +107,7 @@ def test_seeded_encoder_is_identical_across_builds():
     (lambda c: c["model"].update({"embed_tokens.weight": torch.zeros(40, 7)}), ValueError,
      r"'embed_tokens.weight' has shape \(40, 7\), expected \(40, 6\)"),
     (lambda c: c["params"].update({"hidden_size": 512}), ValueError,
-     r"params\['hidden_size'\]=512"),
+     r"params\['hidden_size'\]=512 but the model has ModelConfig.laser_hidden=5"),
     (lambda c: c["params"].update({"bidirectional": False}), ValueError, "bidirectional"),
 ])
 def test_loader_errors_name_the_key(edit, err, match):

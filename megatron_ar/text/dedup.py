@@ -37,6 +37,15 @@ Design choices (why):
   per input shard through :func:`megatron_ar.io.shards.run_shards` (processes, progress,
   resume: finished shards leave ``.npy`` key files in the work directory). 64-bit keys make
   accidental collisions negligible (about n^2 / 2^65: < 3% for 10^9 documents, per column).
+* **Two stages at cluster scale** (``stage=``): ``"keys"`` is pass 1 alone, run as a job array
+  (``shard=``, :class:`megatron_ar.io.shards.ShardSpec`; each task hashes its contiguous range
+  of the sorted inputs into the shared work folder, with done markers); ``"cluster"`` runs on
+  one node from the key files only (union-find over the concatenated key columns) and then
+  streams the kept records (pass 2). The key files are per input and concatenated in input
+  order, so the kept set is the one-pass run's whatever the sharding. Stage 2 holds the key
+  columns, the roots and the kept mask in memory (about 150 bytes per document with all modes;
+  ``benchmarks/data_pipeline.py --dedup-memory`` measures it), never texts; it checks every
+  input's key file was made from that input (size, mtime) with the same options first.
 * **Fallback**: when the extension is missing, the same hashes are computed with Python ints and
   numpy (about 100x slower); ``backend="python"`` forces it so tests can compare both.
 """
@@ -54,6 +63,7 @@ from megatron_ar.io.atomic import atomic_output
 from megatron_ar.io.outputs import OutputError, check_file_output, refuse_overlap
 from megatron_ar.io.records import ErrorStats, dump_record, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
+from megatron_ar.io.summary import merge_summaries
 
 from megatron_ar import _ext as _extensions
 
@@ -419,42 +429,108 @@ def _keys_shard(task: ShardTask) -> dict:
     keys = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint64)
     with atomic_output(task.output_path(".keys.npy"), "wb") as f:
         np.save(f, keys)
-    return {"docs_in": n, "bytes_in": nbytes, "errors": stats.as_dict()}
+    return {"docs_in": n, "bytes_in": nbytes, "errors": stats.as_dict(),
+            "keys_options": _keys_options(cfg)}
 
 
-def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optional[str] = None,
-                cfg: Optional[DedupConfig] = None, *, workers: int = 1, on_error: str = "fail",
-                work_dir: Optional[str] = None, resume: bool = True,
-                progress: bool = True, overwrite: bool = False) -> dict:
-    """Deduplicate JSONL files (together: cross-dataset) into ``output``.
+def _keys_options(cfg: DedupConfig) -> str:
+    """What the key columns depend on (threads and batch size do not change them)."""
+    d = dataclasses.asdict(dataclasses.replace(cfg, threads=0, batch_size=1, backend="auto"))
+    return json.dumps(d, sort_keys=True)
 
-    ``clusters_path`` receives one JSON line per dropped record: ``{"id", "kept"}`` (ids are the
-    records' ``id`` or ``path:line``). Returns the summary dict (docs_in, docs_out, duplicates,
-    clusters, duplicates_by_mode, bytes_in, bytes_out, seconds, errors).
-    """
-    cfg = cfg or DedupConfig()
-    t0 = time.time()
-    paths = expand_inputs(inputs)
-    work_dir = work_dir or (os.path.abspath(output) + ".work")
-    refuse_overlap([output], paths, key="--output")
-    refuse_overlap([clusters_path] if clusters_path else [], paths, key="--clusters")
-    refuse_overlap([work_dir], paths, key="--work-dir")
-    if clusters_path and os.path.realpath(clusters_path) == os.path.realpath(output):
-        raise OutputError(f"--clusters {clusters_path}: is the --output file")
-    check_file_output(output, overwrite=overwrite, key="--output")
-    if clusters_path:
-        check_file_output(clusters_path, overwrite=overwrite, key="--clusters")
+
+def _load_keys(paths: Sequence[str], work_dir: str, cfg: DedupConfig) -> tuple[np.ndarray, dict]:
+    """Stage 2's input: every input's key file, checked against its done marker (made from this
+    input, size and mtime, with these options), concatenated in input order."""
+    from megatron_ar.io.shards import _fingerprint
+
+    runner = ShardRunner(paths, work_dir, _keys_shard)
+    parts, pass1 = [], {}
+    want = _keys_options(cfg)
+    for t in runner.tasks():
+        m = runner._read_marker(t)
+        fp = _fingerprint(t.input_path, None)
+        old = (m or {}).get("fingerprint") or {}
+        why = None
+        if m is None:
+            why = "no finished key file (run --stage keys over it first)"
+        elif any(old.get(k) != fp[k] for k in ("input", "size", "mtime_ns")):
+            why = "changed since its key file was made (rerun --stage keys)"
+        elif (m.get("summary") or {}).get("keys_options") != want:
+            why = "key file made with other options (--mode/--ngram/--bands/... differ)"
+        if why:
+            raise ValueError(f"--work-dir {work_dir}: input {t.input_path}: {why}")
+        parts.append(np.load(t.output_path(".keys.npy")))
+        s = dict(m["summary"])
+        s.pop("keys_options", None)
+        pass1 = merge_summaries(pass1, s)
+    return np.concatenate(parts), pass1
+
+
+def dedup_keys(paths: Sequence[str], work_dir: str, cfg: DedupConfig, *, workers: int = 1,
+               on_error: str = "fail", resume: bool = True, progress: bool = True,
+               shard=None) -> dict:
+    """Stage 1 (pass 1): key columns of ``paths`` (the whole sorted list; ``shard`` picks this
+    task's part) into ``work_dir``; returns the summary."""
     procs = max(1, min(workers, len(paths)))
     if cfg.threads <= 0:  # spread the cores: processes over files, C++ threads inside each
         cfg = dataclasses.replace(cfg, threads=max(1, workers // procs))
     # cfg (threads included) is the shards' resume fingerprint: a rerun with another --workers
     # recomputes the keys (cheap next to reading the corpus) rather than trusting stale ones.
-    pass1 = run_shards(paths, work_dir, _keys_shard, workers=procs, desc="dedup: hashing",
-                       resume=resume, options=cfg, on_error=on_error, progress=progress,
-                       overwrite=True)  # the work folder is this tool's own
+    return run_shards(paths, work_dir, _keys_shard, workers=procs, desc="dedup: hashing",
+                      resume=resume, options=cfg, on_error=on_error, progress=progress,
+                      overwrite=True, shard=shard)  # the work folder is this tool's own
 
-    tasks = ShardRunner(paths, work_dir, _keys_shard).tasks()
-    keys = np.concatenate([np.load(t.output_path(".keys.npy")) for t in tasks])
+
+def dedup_files(inputs: Sequence[str] | str, output: Optional[str],
+                clusters_path: Optional[str] = None,
+                cfg: Optional[DedupConfig] = None, *, workers: int = 1, on_error: str = "fail",
+                work_dir: Optional[str] = None, resume: bool = True,
+                progress: bool = True, overwrite: bool = False, stage: str = "all",
+                shard=None) -> dict:
+    """Deduplicate JSONL files (together: cross-dataset) into ``output``.
+
+    ``clusters_path`` receives one JSON line per dropped record: ``{"id", "kept"}`` (ids are the
+    records' ``id`` or ``path:line``). Returns the summary dict (docs_in, docs_out, duplicates,
+    clusters, duplicates_by_mode, bytes_in, bytes_out, seconds, errors).
+
+    ``stage``: ``"all"`` (both passes), ``"keys"`` (pass 1 only, for ``shard``'s part of the
+    inputs; ``output`` may be None when ``work_dir`` is given) or ``"cluster"`` (from the key
+    files of every input in ``work_dir`` only, then pass 2).
+    """
+    cfg = cfg or DedupConfig()
+    if stage not in ("all", "keys", "cluster"):
+        raise ValueError(f"--stage: must be all, keys or cluster, got {stage!r}")
+    if shard is not None and shard.sharded and stage != "keys":
+        raise ValueError(f"--num-shards {shard.count}: only --stage keys runs sharded (stage 2 "
+                         "clusters the whole corpus on one node)")
+    t0 = time.time()
+    paths = expand_inputs(inputs)
+    if output is None and (stage != "keys" or work_dir is None):
+        raise ValueError("--output: required (except with --stage keys and --work-dir)")
+    work_dir = work_dir or (os.path.abspath(output) + ".work")
+    refuse_overlap([work_dir], paths, key="--work-dir")
+    if stage == "keys":
+        s = dedup_keys(paths, work_dir, cfg, workers=workers, on_error=on_error, resume=resume,
+                       progress=progress, shard=shard)
+        s.pop("keys_options", None)
+        return s
+    refuse_overlap([output], paths, key="--output")
+    refuse_overlap([clusters_path] if clusters_path else [], paths, key="--clusters")
+    if clusters_path and os.path.realpath(clusters_path) == os.path.realpath(output):
+        raise OutputError(f"--clusters {clusters_path}: is the --output file")
+    check_file_output(output, overwrite=overwrite, key="--output")
+    if clusters_path:
+        check_file_output(clusters_path, overwrite=overwrite, key="--clusters")
+    if stage == "all":
+        pass1 = dedup_keys(paths, work_dir, cfg, workers=workers, on_error=on_error,
+                           resume=resume, progress=progress)
+        tasks = ShardRunner(paths, work_dir, _keys_shard).tasks()
+        keys = np.concatenate([np.load(t.output_path(".keys.npy")) for t in tasks])
+    else:
+        keys, pass1 = _load_keys(paths, work_dir, cfg)
+    if cfg.threads <= 0:
+        cfg = dataclasses.replace(cfg, threads=max(1, workers))
     roots = cluster(keys, cfg)
     n = len(roots)
     idx = np.arange(n, dtype=np.int64)

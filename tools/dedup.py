@@ -11,6 +11,8 @@ At cluster scale, two stages with the same flags (examples/slurm/data_pipeline.s
   python tools/dedup.py --stage keys --input 'c/*.jsonl.gz' --work-dir dd.work  # SLURM_ARRAY_*
   # stage 2, one node: union-find over the key files only, then the kept records
   python tools/dedup.py --stage cluster --input 'c/*.jsonl.gz' --work-dir dd.work --output kept.jsonl
+  # or, without --output there, the kept records per input file by another job array
+  python tools/dedup.py --stage write --input 'c/*.jsonl.gz' --work-dir dd.work --output kept/
 """
 import os
 import sys
@@ -28,9 +30,11 @@ def main(argv=None):
                         "together and earlier inputs win")
     p.add_argument("--output", default=None,
                    help="kept records (JSONL; .gz/.zst by extension); required unless --stage keys")
-    p.add_argument("--stage", choices=("all", "keys", "cluster"), default="all",
+    p.add_argument("--stage", choices=("all", "keys", "cluster", "write"), default="all",
                    help="all: both passes; keys: stage 1 only (key files into --work-dir, "
-                        "sharded); cluster: stage 2 from the key files (one process)")
+                        "sharded); cluster: stage 2 from the key files (one process; writes "
+                        "--output if given, and the kept set WORK_DIR/kept.npy); write: each "
+                        "input's kept records into the folder --output (sharded)")
     p.add_argument("--clusters", default=None,
                    help='clusters file: one {"id": dropped, "kept": kept} line per dropped record')
     p.add_argument("--mode", choices=("exact", "minhash", "url", "all"), default="all")

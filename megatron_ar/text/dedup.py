@@ -41,7 +41,9 @@ Design choices (why):
   (``shard=``, :class:`megatron_ar.io.shards.ShardSpec`; each task hashes its contiguous range
   of the sorted inputs into the shared work folder, with done markers); ``"cluster"`` runs on
   one node from the key files only (union-find over the concatenated key columns) and then
-  streams the kept records (pass 2). The key files are per input and concatenated in input
+  streams the kept records (pass 2) or, at corpus scale, saves the kept set (one byte per
+  document) for ``"write"``, a job array writing each input's kept records to a file of its
+  name (the files concatenated in input order are the one-file output). The key files are per input and concatenated in input
   order, so the kept set is the one-pass run's whatever the sharding. Stage 2 holds the key
   columns, the roots and the kept mask in memory (about 150 bytes per document with all modes;
   ``benchmarks/data_pipeline.py --dedup-memory`` measures it), never texts; it checks every
@@ -467,6 +469,54 @@ def _load_keys(paths: Sequence[str], work_dir: str, cfg: DedupConfig) -> tuple[n
     return np.concatenate(parts), pass1
 
 
+KEPT_FILE = "kept.npy"
+
+
+def _write_shard(task: ShardTask) -> dict:
+    """Stage 3 over one input: its records whose kept bit is set, unchanged."""
+    o = task.options
+    start, count = o["ranges"][task.input_path]
+    kept = np.load(os.path.join(o["work_dir"], KEPT_FILE), mmap_mode="r")[start:start + count]
+    i = n_out = b_out = 0
+    with atomic_output(task.output_path()) as f:
+        for _, rec in iter_records(task.input_path, required_keys=(o["text_key"],),
+                                   on_error="skip", stats=ErrorStats(), progress=task.report):
+            if i >= count:
+                raise ValueError(f"{task.input_path}: has more records than when its keys were "
+                                 "made (rerun --stage keys and cluster)")
+            if kept[i]:
+                f.write(dump_record(rec))
+                n_out += 1
+                b_out += len(rec[o["text_key"]].encode("utf-8"))
+            i += 1
+    if i != count:
+        raise ValueError(f"{task.input_path}: {i} records, {count} when its keys were made "
+                         "(rerun --stage keys and cluster)")
+    return {"docs_in": i, "docs_out": n_out, "bytes_out": b_out}
+
+
+def _write_stage(paths, out_dir, work_dir, cfg, *, on_error, resume, progress, overwrite,
+                 shard) -> dict:
+    kept_path = os.path.join(work_dir, KEPT_FILE)
+    if not os.path.isfile(kept_path):
+        raise ValueError(f"--work-dir {work_dir}: no {KEPT_FILE} (run --stage cluster first)")
+    ranges, at = {}, 0
+    for t in ShardRunner(paths, work_dir, _keys_shard).tasks():
+        n = np.load(t.output_path(".keys.npy"), mmap_mode="r").shape[0]
+        ranges[t.input_path] = (at, n)
+        at += n
+    total = np.load(kept_path, mmap_mode="r").shape[0]
+    if total != at:
+        raise ValueError(f"{kept_path}: {total} documents, the key files {at} (rerun --stage "
+                         "cluster)")
+    st = os.stat(kept_path)  # in the fingerprint: a new kept set redoes every output
+    opts = {"work_dir": os.path.abspath(work_dir), "ranges": ranges, "text_key": cfg.text_key,
+            "kept": [st.st_size, st.st_mtime_ns]}
+    return run_shards(paths, out_dir, _write_shard, desc="dedup: writing", resume=resume,
+                      options=opts, on_error=on_error, progress=progress, overwrite=overwrite,
+                      shard=shard)
+
+
 def dedup_keys(paths: Sequence[str], work_dir: str, cfg: DedupConfig, *, workers: int = 1,
                on_error: str = "fail", resume: bool = True, progress: bool = True,
                shard=None) -> dict:
@@ -496,18 +546,22 @@ def dedup_files(inputs: Sequence[str] | str, output: Optional[str],
 
     ``stage``: ``"all"`` (both passes), ``"keys"`` (pass 1 only, for ``shard``'s part of the
     inputs; ``output`` may be None when ``work_dir`` is given) or ``"cluster"`` (from the key
-    files of every input in ``work_dir`` only, then pass 2).
+    files of every input in ``work_dir`` only, then pass 2 into ``output``, if given; it
+    always saves the kept set as ``work_dir/kept.npy``) or ``"write"`` (``output`` is a folder:
+    each input's kept records into a file of its name, for ``shard``'s part of the inputs; the
+    files concatenated in input order are ``stage="all"``'s output).
     """
     cfg = cfg or DedupConfig()
-    if stage not in ("all", "keys", "cluster"):
-        raise ValueError(f"--stage: must be all, keys or cluster, got {stage!r}")
-    if shard is not None and shard.sharded and stage != "keys":
-        raise ValueError(f"--num-shards {shard.count}: only --stage keys runs sharded (stage 2 "
-                         "clusters the whole corpus on one node)")
+    if stage not in ("all", "keys", "cluster", "write"):
+        raise ValueError(f"--stage: must be all, keys, cluster or write, got {stage!r}")
+    if shard is not None and shard.sharded and stage not in ("keys", "write"):
+        raise ValueError(f"--num-shards {shard.count}: --stage {stage} does not run sharded "
+                         "(stage 2 clusters the whole corpus on one node)")
     t0 = time.time()
     paths = expand_inputs(inputs)
-    if output is None and (stage != "keys" or work_dir is None):
-        raise ValueError("--output: required (except with --stage keys and --work-dir)")
+    if output is None and (stage not in ("keys", "cluster") or work_dir is None):
+        raise ValueError(f"--output: required with --stage {stage} (or --work-dir for "
+                         "--stage keys / cluster)")
     work_dir = work_dir or (os.path.abspath(output) + ".work")
     refuse_overlap([work_dir], paths, key="--work-dir")
     if stage == "keys":
@@ -515,11 +569,16 @@ def dedup_files(inputs: Sequence[str] | str, output: Optional[str],
                        progress=progress, shard=shard)
         s.pop("keys_options", None)
         return s
-    refuse_overlap([output], paths, key="--output")
+    if stage == "write":
+        return _write_stage(paths, output, work_dir, cfg, on_error=on_error, resume=resume,
+                            progress=progress, overwrite=overwrite, shard=shard)
+    if output is not None:
+        refuse_overlap([output], paths, key="--output")
+        check_file_output(output, overwrite=overwrite, key="--output")
     refuse_overlap([clusters_path] if clusters_path else [], paths, key="--clusters")
-    if clusters_path and os.path.realpath(clusters_path) == os.path.realpath(output):
-        raise OutputError(f"--clusters {clusters_path}: is the --output file")
-    check_file_output(output, overwrite=overwrite, key="--output")
+    if clusters_path and (output is None or
+                          os.path.realpath(clusters_path) == os.path.realpath(output)):
+        raise OutputError(f"--clusters {clusters_path}: needs an --output file other than it")
     if clusters_path:
         check_file_output(clusters_path, overwrite=overwrite, key="--clusters")
     if stage == "all":
@@ -535,6 +594,9 @@ def dedup_files(inputs: Sequence[str] | str, output: Optional[str],
     n = len(roots)
     idx = np.arange(n, dtype=np.int64)
     dropped = roots != idx
+    if stage == "cluster":  # the kept set, for the sharded --stage write
+        with atomic_output(os.path.join(work_dir, KEPT_FILE), "wb") as f:
+            np.save(f, ~dropped)
     by_mode = {}
     if cfg.mode == "all":
         for m, sl in mode_columns(cfg).items():
@@ -542,6 +604,13 @@ def dedup_files(inputs: Sequence[str] | str, output: Optional[str],
             by_mode[m] = int((r != idx).sum())
     dup_roots = set(np.unique(roots[dropped]).tolist())
 
+    if output is None:  # stage cluster for a sharded --stage write: the kept set is saved
+        return {"docs_in": int(n), "docs_out": int(n - dropped.sum()),
+                "duplicates": int(dropped.sum()), "clusters": len(dup_roots),
+                "duplicates_by_mode": by_mode, "bytes_in": int(pass1.get("bytes_in", 0)),
+                "mode": cfg.mode, "kept": os.path.join(work_dir, KEPT_FILE),
+                "errors": pass1.get("errors", ErrorStats().as_dict()),
+                "seconds": round(time.time() - t0, 3)}
     # Pass 2: stream again, write kept records and the clusters file.
     kept_ids: dict[int, object] = {}
     i = 0

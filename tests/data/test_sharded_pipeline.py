@@ -257,6 +257,14 @@ def test_dedup_two_stages_same_kept_set(corpus, tmp_path, capsys, monkeypatch):
     assert two["duplicates"] == one["duplicates"]
     for a, b in (("one.jsonl", "two.jsonl"), ("one.clusters.jsonl", "two.clusters.jsonl")):
         assert open(tmp_path / a, "rb").read() == open(tmp_path / b, "rb").read()
+    # stage 2 keeping only the kept set, then stage 3 (array) writing per-input files
+    rc, s2 = _run("dedup", base + work + ["--stage", "cluster"], capsys)
+    assert rc == 0 and s2["duplicates"] == one["duplicates"]
+    _sharded("dedup", base + work + ["--stage", "write", "--output", str(tmp_path / "kept")],
+             capsys, monkeypatch)
+    files = sorted((tmp_path / "kept").glob("part*.jsonl"))
+    assert len(files) == 8
+    assert b"".join(f.read_bytes() for f in files) == (tmp_path / "one.jsonl").read_bytes()
     # a key file that is missing, or made with other options: refused, naming the input
     os.remove(tmp_path / "dd.work" / ".shards" / "part3.jsonl.done.json")
     rc = _main("dedup")(stage2 + ["--overwrite", "--no-progress"])

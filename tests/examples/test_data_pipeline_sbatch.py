@@ -1,6 +1,7 @@
 """examples/slurm/data_pipeline.sbatch: its --dry-run plan (job arrays chained with afterok),
-and every stage body run for real as the one-task arrays Slurm would start (SLURM_ARRAY_* set by
-hand; --array=1-1) on real hadith text, down to the merged indexed dataset. That 4-task
+and every stage body run for real as the array tasks Slurm would start (SLURM_ARRAY_* set by
+hand, as for a task resubmitted alone: the script passes the task id as --shard-index) on real
+hadith text, down to the merged indexed dataset. That 4-task
 arrays give the one-process outputs is tests/data/test_sharded_pipeline.py's part.
 Shellcheck runs over it in tests/examples/test_launchers.py (every examples/slurm/* file)."""
 import json
@@ -65,7 +66,7 @@ def test_stage_bodies_as_array_tasks(tmp_path, bukhari_records):
                                     ensure_ascii=False) + "\n")
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - signal: word_count\n    min: 5\n")
-    n = 1  # every tool is a process here: one task per stage keeps the test short
+    n = 2
     env = _env(INPUT=str(raw / "*.jsonl"), WORK=str(tmp_path / "w"), NUM_SHARDS=str(n),
                RULES=str(rules), TOKENIZER_TYPE="SentencePieceTokenizer",
                TOKENIZER_MODEL=material.sentencepiece_model_path(), CPUS_PER_TASK="1",
@@ -73,12 +74,12 @@ def test_stage_bodies_as_array_tasks(tmp_path, bukhari_records):
     summaries = {}
     for stage in ["normalize", "bp_count", "bp_strip", "signals", "filter", "dedup_keys",
                   "dedup_cluster", "dedup_write", "preprocess", "merge"]:
-        tasks = range(1, n + 1) if stage not in ("dedup_cluster", "merge") else [None]
-        for t in tasks:  # an array --array=1-N: SLURM_ARRAY_TASK_MIN is 1
+        tasks = range(n) if stage not in ("dedup_cluster", "merge") else [None]
+        for t in tasks:  # the script submits --array=0-(N-1); a task rerun alone is a 1-array
             e = dict(env)
             if t is not None:
-                e.update(SLURM_ARRAY_TASK_ID=str(t), SLURM_ARRAY_TASK_MIN="1",
-                         SLURM_ARRAY_TASK_COUNT=str(n))
+                e.update(SLURM_ARRAY_TASK_ID=str(t), SLURM_ARRAY_TASK_MIN=str(t),
+                         SLURM_ARRAY_TASK_COUNT="1")
             p = subprocess.run(["bash", SCRIPT, stage], cwd=REPO, env=e, capture_output=True,
                                text=True, timeout=300)
             assert p.returncode == 0, (stage, t, p.stderr[-2000:])
@@ -90,4 +91,6 @@ def test_stage_bodies_as_array_tasks(tmp_path, bukhari_records):
     assert merged["documents"] == cluster["docs_out"] == sum(s["docs_out"] for s in
                                                              summaries["dedup_write"])
     assert os.path.isfile(tmp_path / "final" / "ar_text_document.bin")
-    assert merged["inputs"] == [str(tmp_path / "w" / "7_tokens" / "ar_text_document")]
+    made = [s["shard_index"] for s in summaries["preprocess"] if s["documents"]]
+    assert merged["inputs"] == [str(tmp_path / "w" / "7_tokens" / f"ar_shard{k}_of_2_text_document")
+                                for k in made]

@@ -220,7 +220,7 @@ def strip_boilerplate(inputs: Sequence[str], out_dir: str,
     if stage == "count":
         return _count_stage(inputs, out_dir, cfg, on_error, progress, shard, resume)
     if stage == "strip":
-        return _strip_stage(inputs, out_dir, outs, cfg, overwrite, progress, shard)
+        return _strip_stage(inputs, out_dir, outs, cfg, overwrite, progress, shard, resume)
     for o in outs:
         check_file_output(o, overwrite=overwrite, key="--output-dir")
     from tqdm import tqdm
@@ -282,19 +282,32 @@ def _count_stage(inputs, out_dir, cfg, on_error, progress, shard, resume) -> dic
     return _count_runner(inputs, out_dir, cfg, on_error, progress, shard, resume).run()
 
 
-def _strip_stage(inputs, out_dir, outs, cfg, overwrite, progress, shard) -> dict:
+_REPEATED: Dict[str, dict] = {}  # counts fingerprint -> repeated-line sets, for _strip_shard
+
+
+def _strip_shard(task: ShardTask) -> dict:
+    cfg, key = task.options["cfg"], task.options["counts"]
+    per: Dict[str, dict] = {}
+    n = _strip_file(task.input_path, task.output_path(), _REPEATED[key], cfg, per, task.report)
+    return {"docs_out": n, "by_source": per}
+
+
+def _strip_stage(inputs, out_dir, outs, cfg, overwrite, progress, shard, resume) -> dict:
     """Sum every input's counts (each checked: made from that input with these options), then
-    pass 2 over this shard's inputs."""
+    pass 2 over this shard's inputs (in this process: the sets are not pickled to workers),
+    resumable by done markers like the per-file tools."""
     runner = _count_runner(inputs, out_dir, cfg)
     docs: Counter = Counter()
     counts: Dict[str, Counter] = {}
     stats = ErrorStats()
     file_docs = {}
+    count_files = []
     for t in runner.tasks():
         if runner._load_done(t) is None:
             raise ValueError(f"--output-dir {out_dir}: input {t.input_path}: no counts made from "
                              "it with these options (run --stage count over it first)")
-        with np.load(t.output_path(".counts.npz")) as z:
+        count_files.append(t.output_path(".counts.npz"))
+        with np.load(count_files[-1]) as z:
             names = json.loads(str(z["sources"]))
             for s, n in zip(names, z["docs"].tolist()):
                 docs[s] += n
@@ -308,18 +321,19 @@ def _strip_stage(inputs, out_dir, outs, cfg, overwrite, progress, shard) -> dict
     repeated = _repeated(docs, counts, cfg)
     distinct = sum(len(c) for c in counts.values())
     del counts
-    from megatron_ar.io.shards import shard_inputs
+    from megatron_ar.io.shards import fingerprint, shard_inputs
 
+    key = fingerprint(count_files, cfg)  # new counts (a redone count stage) redo the outputs
+    _REPEATED.clear()
+    _REPEATED[key] = repeated
+    s = ShardRunner(inputs, out_dir, _strip_shard, options={"cfg": cfg, "counts": key},
+                    progress=progress, shard=shard, resume=resume, overwrite=overwrite,
+                    desc="boilerplate: stripping").run()
     mine = shard_inputs(inputs, shard)
     mine_set = set(mine)
-    mine_outs = [o for p, o in zip(inputs, outs) if p in mine_set]
-    for o in mine_outs:
-        check_file_output(o, overwrite=overwrite, key="--output-dir")
-    per: Dict[str, dict] = {}
-    out_docs = 0
-    os.makedirs(out_dir, exist_ok=True)
-    remove_stale_temps([out_dir])
-    for path, out in zip(mine, mine_outs):
-        out_docs += _strip_file(path, out, repeated, cfg, per)
-    return _summary(sum(file_docs[p] for p in mine), out_docs, len(docs), per, docs, repeated,
-                    distinct, stats, mine_outs)
+    out = _summary(sum(file_docs[p] for p in mine), int(s.get("docs_out", 0)), len(docs),
+                   s.get("by_source", {}), docs, repeated, distinct, stats,
+                   [o for p, o in zip(inputs, outs) if p in mine_set])
+    out.update({k: s[k] for k in ("shards", "shards_skipped", "shard_index", "num_shards",
+                                  "inputs_total") if k in s})
+    return out

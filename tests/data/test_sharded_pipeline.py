@@ -219,6 +219,11 @@ def test_boilerplate_two_stages_equal_single(corpus, tmp_path, capsys, monkeypat
     assert sum(s["lines_removed"] for s in sums) == one["lines_removed"]
     assert sum(s["docs_out"] for s in sums) == one["docs_out"]
     assert len([f for f in os.listdir(tmp_path / "four") if f.startswith(".boilerplate_report_shard")]) == N
+    # a strip task rerun (requeued) skips its finished inputs (done markers)
+    rc, again = _run("strip_boilerplate", four + ["--stage", "strip", "--shard-index", "1",
+                                                  "--num-shards", str(N)], capsys)
+    assert rc == 0 and again["lines_removed"] == sums[1]["lines_removed"]
+    assert again["shards_skipped"] == again["shards"] >= 1
 
 
 def test_preprocess_shards_merge_to_single(corpus, tmp_path, capsys, monkeypatch):

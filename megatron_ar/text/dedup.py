@@ -45,8 +45,10 @@ Design choices (why):
   document) for ``"write"``, a job array writing each input's kept records to a file of its
   name (the files concatenated in input order are the one-file output). The key files are per input and concatenated in input
   order, so the kept set is the one-pass run's whatever the sharding. Stage 2 holds the key
-  columns, the roots and the kept mask in memory (about 150 bytes per document with all modes;
-  ``benchmarks/data_pipeline.py --dedup-memory`` measures it), never texts; it checks every
+  columns, the roots, the per-mode clusterings and the kept mask in memory, never texts: peak
+  RSS grows by about 265 bytes per document with all modes (measured by
+  ``benchmarks/data_pipeline.py --dedup-memory``: 40k -> 200k documents, +41 MiB), so 10^9
+  documents need a node with about 250 GiB. It checks every
   input's key file was made from that input (size, mtime) with the same options first.
 * **Fallback**: when the extension is missing, the same hashes are computed with Python ints and
   numpy (about 100x slower); ``backend="python"`` forces it so tests can compare both.

@@ -39,7 +39,7 @@ def test_dry_run_plan():
         assert ("--array=0-7" in ln) == (stage not in ("dedup_cluster", "merge")), ln
         assert (f"--dependency=afterok:<{prev}>" in ln) == (prev is not None), ln
         assert "--partition=cpu --account=ar" in ln
-    assert "--mem=200G" in subs[6]
+    assert "--mem=300G" in subs[6]
     assert "'/scratch/ar/7_tokens/ar_shard*_of_8_text_document.idx'" in p.stdout
     # with a KenLM model the perplexity stage joins the chain, before the filter reads it
     p = subprocess.run(["bash", SCRIPT, "--dry-run"], cwd=REPO, capture_output=True, text=True,

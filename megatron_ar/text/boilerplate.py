@@ -26,7 +26,7 @@ Choices
   input's pass-1 counts (source, line hash, documents) beside the outputs; stage 2 sums *all*
   of them before stripping its own part. The repeated-line sets are then those of the whole
   corpus and every output equals the one-process run's byte for byte; the cost is that every
-  stage-2 task reads every counts file (16-20 bytes per distinct line per source and input),
+  stage-2 task reads every counts file (20 bytes per distinct line per source and input),
   as small as the one-process run's memory. Sharding by source key instead would need every
   task to read every input.
 - Trade-off: a line legitimately shared by many articles of one site (a recurring quote, a

@@ -44,8 +44,7 @@ def _train(a) -> None:
 def _score(a) -> None:
     cfg = ScoreConfig(model=a.model, prefix=a.prefix, fields=a.fields, batch_size=a.batch_size,
                       text_key=a.text_key)
-    # --shard-index/--num-shards, where the shared shard flags provide them
-    shard = _cli.shard_spec(a) if hasattr(_cli, "shard_spec") else None
+    shard = _cli.shard_spec(a)  # --shard-index/--num-shards (Slurm array defaults)
     s = score_files(expand_inputs(a.input), a.output_dir, cfg, workers=a.workers,
                     on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress,
                     overwrite=a.overwrite, shard=shard)

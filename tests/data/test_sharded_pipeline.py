@@ -166,6 +166,32 @@ def test_per_file_tools_sharded_equal_single(tool, corpus, tmp_path, capsys, mon
     assert sum(s["shards"] for s in sums) == 8 and all(s["num_shards"] == N for s in sums)
 
 
+@pytest.fixture(scope="module")
+def ft_model(tmp_path_factory):
+    pytest.importorskip("fasttext", reason="fasttext not installed (.ci/install.sh installs it)")
+    from megatron_ar_tools.quality_classifier import main
+
+    d = tmp_path_factory.mktemp("clf")
+    with open(d / "ann.jsonl", "w", encoding="utf-8") as f:
+        for r in material.quality_task(120):
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    assert main(["train", "--annotations", str(d / "ann.jsonl"), "--output", str(d / "m"),
+                 "--dim", "8", "--epochs", "2", "--no-progress"]) == 0
+    return str(d / "m")
+
+
+def test_classifier_score_sharded_equal_single(ft_model, corpus, tmp_path, capsys, monkeypatch):
+    base = ["score", "--model", ft_model, "--input", *_inputs(corpus), "--workers", "1"]
+    rc, one = _run("quality_classifier", base + ["--output-dir", str(tmp_path / "one")], capsys)
+    assert rc == 0
+    sums = _sharded("quality_classifier", base + ["--output-dir", str(tmp_path / "four")],
+                    capsys, monkeypatch)
+    want, got = _tree(tmp_path / "one"), _tree(tmp_path / "four")
+    assert len(want) == 8 and got == want
+    assert sum(s["docs"] for s in sums) == one["docs"] == 8 * 12 + 9 * 28
+    assert sum(s["shards"] for s in sums) == 8
+
+
 def test_empty_shard_exits_0(corpus, tmp_path, capsys):
     paths = _inputs(corpus)
     owner = shard_of_inputs(paths, 12)

@@ -25,7 +25,9 @@
 #   LOCAL_ADDR            T: source address of the route   this node's address as other nodes reach
 #                         to MASTER_ADDR                   it (torchrun --local-addr; workers of
 #                                                          global rank 0 publish it as MASTER_ADDR)
-#   RDZV_ID               T: megatron-ar-<recipe name>     rendezvous id; equal on all nodes of a job
+#   RDZV_ID               T: megatron-ar-<recipe name>     rendezvous id, equal on all nodes of a job
+#                                                          (torchrun gets RDZV_ID-n<NNODES>: agents
+#                                                          that disagree on NNODES never meet)
 #   RDZV_JOIN_TIMEOUT     T: 600                           seconds the rendezvous waits for all
 #                                                          NNODES agents before failing
 #   RDZV_READ_TIMEOUT     T: 60                            seconds a node waits to reach the store at
@@ -146,7 +148,7 @@ cluster_ib_env() {
       InfiniBand) n_ib=$((n_ib + 1)) ;;
     esac
   done
-  if ((n_eth + n_ib == 0)) && command -v ibv_devinfo >/dev/null 2>&1; then
+  if [[ ! -d "$sys" ]] && command -v ibv_devinfo >/dev/null 2>&1; then  # no sysfs view: ask the verbs library
     while read -r ll; do
       case "$ll" in
         Ethernet) n_eth=$((n_eth + 1)) ;;

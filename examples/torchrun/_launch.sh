@@ -61,6 +61,9 @@ MASTER_PORT=${MASTER_PORT:-29500}
 posint MASTER_PORT "$MASTER_PORT"
 ((MASTER_PORT < 65536)) || die "MASTER_PORT=$MASTER_PORT: expected a port below 65536"
 RDZV_ID=${RDZV_ID:-megatron-ar-$(basename "$RECIPE" .yaml)}
+# torch lets agents that disagree on --nnodes form a job when the smaller count happens to join
+# last; with the node count in the id they never meet and both time out, naming NNODES.
+rdzv_id="$RDZV_ID-n$NNODES"
 RDZV_JOIN_TIMEOUT=${RDZV_JOIN_TIMEOUT:-600}
 RDZV_READ_TIMEOUT=${RDZV_READ_TIMEOUT:-60}
 posint RDZV_JOIN_TIMEOUT "$RDZV_JOIN_TIMEOUT"
@@ -100,16 +103,24 @@ if ((!is_host)); then
   done
 fi
 
-echo "launcher: node ${NODE_RANK:-?} ($LOCAL_ADDR via $route_dev) of $NNODES x $NPROC_PER_NODE; rendezvous $RDZV_ID at $MASTER_ADDR:$MASTER_PORT ($( ((is_host)) && echo host || echo client)); GPUS_PER_NODE=$GPUS_PER_NODE NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-}" >&2
+echo "launcher: node ${NODE_RANK:-?} ($LOCAL_ADDR via $route_dev) of $NNODES x $NPROC_PER_NODE; rendezvous $rdzv_id at $MASTER_ADDR:$MASTER_PORT ($( ((is_host)) && echo host || echo client)); GPUS_PER_NODE=$GPUS_PER_NODE NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-}" >&2
+# torchrun's stderr passes through unchanged; its first MiB is also kept to name a rendezvous
+# failure afterwards (those happen before any worker starts). GNU tee -p keeps passing the
+# stream through after head has stopped reading; without -p the whole stream is kept.
 errlog=$(mktemp "${TMPDIR:-/tmp}/torchrun-launch.XXXXXX")
 trap 'rm -f "$errlog"' EXIT
+if tee -p </dev/null >/dev/null 2>&1; then
+  capture() { tee -p >(head -c 1048576 >"$errlog") >&2; }
+else
+  capture() { tee "$errlog" >&2; }
+fi
 # In the background so that a TERM/INT/HUP sent to this script reaches torchrun (it stops its
 # workers); background jobs ignore SIGINT, hence TERM for all three.
 "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" \
-  --rdzv-backend c10d --rdzv-endpoint "$master_ip:$MASTER_PORT" --rdzv-id "$RDZV_ID" \
+  --rdzv-backend c10d --rdzv-endpoint "$master_ip:$MASTER_PORT" --rdzv-id "$rdzv_id" \
   --rdzv-conf "is_host=$is_host,join_timeout=$RDZV_JOIN_TIMEOUT,read_timeout=$RDZV_READ_TIMEOUT" \
   --local-addr "$LOCAL_ADDR" --max-restarts 0 \
-  -m megatron_ar.train --config "$RECIPE" "$@" 2> >(tee "$errlog" >&2) &
+  -m megatron_ar.train --config "$RECIPE" "$@" 2> >(capture) &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT HUP
 rc=0
@@ -117,12 +128,16 @@ while :; do
   wait "$child" && rc=0 || rc=$?
   kill -0 "$child" 2>/dev/null || break
 done
-wait  # the tee of the process substitution: errlog is complete
+wait  # the tee of the process substitution
 if ((rc != 0)); then
+  sleep 0.2  # head, tee's reader, writes the last bytes it read
   if grep -q "RendezvousTimeoutError" "$errlog"; then
-    die "rendezvous $RDZV_ID at $MASTER_ADDR:$MASTER_PORT timed out after RDZV_JOIN_TIMEOUT=${RDZV_JOIN_TIMEOUT}s: not all NNODES=$NNODES agents joined (start this launcher on every node, all with the same NNODES, RDZV_ID and MASTER_ADDR:MASTER_PORT)"
-  elif grep -q "RendezvousConnectionError" "$errlog"; then
-    die "the rendezvous store at $MASTER_ADDR:$MASTER_PORT ($master_ip) failed within RDZV_READ_TIMEOUT=${RDZV_READ_TIMEOUT}s (is_host=$is_host; see torchrun's message above)"
+    die "rendezvous $rdzv_id at $MASTER_ADDR:$MASTER_PORT timed out after RDZV_JOIN_TIMEOUT=${RDZV_JOIN_TIMEOUT}s: not all NNODES=$NNODES agents joined (start this launcher on every node, all with the same NNODES, RDZV_ID and MASTER_ADDR:MASTER_PORT)"
+  elif grep -q "RendezvousClosedError" "$errlog"; then
+    die "rendezvous $rdzv_id at $MASTER_ADDR:$MASTER_PORT was closed by another agent (it timed out or failed; check that every node runs with the same NNODES, RDZV_ID and MASTER_ADDR:MASTER_PORT)"
+  elif grep -q "RendezvousConnectionError\|DistNetworkError\|DistStoreError" "$errlog" \
+      && ! grep -q "ChildFailedError" "$errlog"; then
+    die "lost the rendezvous store at $MASTER_ADDR:$MASTER_PORT ($master_ip) (RDZV_READ_TIMEOUT=${RDZV_READ_TIMEOUT}s): the rendezvous host (NODE_RANK=0) stopped or is unreachable; see its log"
   fi
 fi
 exit "$rc"

@@ -76,7 +76,13 @@ fi
 
 master_ip=$(cluster_resolve "$MASTER_ADDR") \
   || die "MASTER_ADDR=$MASTER_ADDR does not resolve to an IPv4 address on this node"
-route=$(cluster_route "$master_ip") || die "no route to MASTER_ADDR=$MASTER_ADDR ($master_ip) from this node"
+if command -v ip >/dev/null 2>&1; then
+  route=$(cluster_route "$master_ip") || die "no route to MASTER_ADDR=$MASTER_ADDR ($master_ip) from this node"
+elif [[ -n "${LOCAL_ADDR:-}" && -n "${NODE_RANK:-}" ]]; then
+  route="unknown ? $LOCAL_ADDR"  # no iproute2: the user's LOCAL_ADDR and NODE_RANK
+else
+  die "iproute2's ip is not installed: it finds this node's address and interface (install iproute2, or set LOCAL_ADDR, NODE_RANK, NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME)"
+fi
 read -r route_type route_dev route_src <<<"$route"
 LOCAL_ADDR=${LOCAL_ADDR:-$route_src}
 if [[ -n "${NODE_RANK:-}" ]]; then
@@ -84,7 +90,7 @@ if [[ -n "${NODE_RANK:-}" ]]; then
 else
   is_host=$([[ "$route_type" == local ]] && echo 1 || echo 0)
 fi
-if ((is_host)) && [[ "$route_type" != local ]]; then
+if ((is_host)) && [[ "$route_type" == unicast ]]; then
   die "NODE_RANK=0 hosts the rendezvous at MASTER_ADDR=$MASTER_ADDR ($master_ip), which is not an address of this node (run NODE_RANK=0 on that node, or fix MASTER_ADDR)"
 fi
 

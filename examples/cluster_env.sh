@@ -60,6 +60,9 @@
 #                         node's CPUs / processes per node
 #                         (T, S); Q: 1
 #
+# S rows describe slurm/_launch.sh with its CPU-run, container and requeue variables. Under Slurm
+# MASTER_ADDR is known only after this file is sourced: the launcher calls cluster_net_env then.
+#
 # Always set: CUDA_DEVICE_MAX_CONNECTIONS=1 (megatron-core TP/SP comm-compute overlap),
 # NCCL_IB_DISABLE=0, TORCH_NCCL_ASYNC_ERROR_HANDLING=1, TOKENIZERS_PARALLELISM=false,
 # PYTHONUNBUFFERED=1.

@@ -3,8 +3,8 @@
 # the Python environment, sets the NCCL/gloo network variables and the usual settings for 8x H100
 # SXM nodes with ConnectX-7 HCAs. A variable already set in the environment always wins.
 #
-# Variables read by the scripts in examples/ (T = torchrun/, S = slurm/, Q = quickstart_cpu.sh,
-# E = this file). All are optional except where the default says "required".
+# Variables read by the scripts in examples/ (T = torchrun/, S = slurm/ training, D =
+# slurm/data_pipeline.sbatch, which describes its own at its top, Q = quickstart_cpu.sh, E = this file). All are optional except where the default says "required".
 #
 #   name                  default                          meaning
 #   RECIPE                set by each script (T, S)        YAML recipe to train
@@ -34,11 +34,24 @@
 #                                                          MASTER_ADDR:MASTER_PORT (launcher pre-check
 #                                                          and torchrun's store timeout)
 #   TASKS_PER_NODE        S: --ntasks-per-node             srun tasks per node
-#   CPUS_PER_TASK         S: node CPUs / tasks per node    srun --cpus-per-task
+#   CPUS_PER_TASK         S: node CPUs / tasks per node;   srun --cpus-per-task (D: also the data
+#                         D: 16                            tools' --workers)
 #   CONTAINER_IMAGE       S: unset                         pyxis/enroot srun --container-image
 #   CONTAINER_MOUNTS      S: unset                         pyxis/enroot srun --container-mounts
 #   LOG_DIR               S: logs                          logs and the requeue marker
 #   REQUEUE               S: 1                             requeue the job after a signalled stop
+#   INPUT                 D: required                      glob of the raw JSONL inputs (quoted)
+#   WORK                  D: required                      every data stage's outputs (shared FS)
+#   TOKENIZER_MODEL       D: required                      tokenizer for preprocess_data
+#   TOKENIZER_TYPE        D: HuggingFaceTokenizer          megatron-core tokenizer type
+#   RULES                 D: examples/data/filter_rules_ar filter_data rules YAML
+#   KENLM_MODEL           D: empty (no perplexity stage)   KenLM model of the perplexity stage
+#   SP_MODEL              D: empty                         SentencePiece model of KENLM_MODEL
+#   NUM_SHARDS            D: 4                             array size of every sharded data stage
+#   OUTPUT_PREFIX         D: $WORK/dataset/ar              final dataset prefix
+#   SBATCH_ARGS           D: empty                         extra sbatch flags for every data job
+#   TIME_LIMIT            D: 24:00:00                      --time of every data job
+#   STAGE_MEM             D: 300G                          --mem of the one-node dedup cluster stage
 #   SLURM_*               set by Slurm (S)                 job id, node list, task counts, submit dir
 #   PYTHON                python (T, S); python3 (Q)       interpreter of the launcher and workers
 #   ENV_ACTIVATE          unset (E)                        Python environment to activate first: a

@@ -13,9 +13,8 @@ address, lo for 127.0.0.1), NCCL_IB_GID_INDEX is set only on RoCE (fake sysfs tr
 InfiniBand, RoCE), ENV_ACTIVATE activates a venv.
 
 Design choices
-- Namespaces get a resolv.conf that fails at once (``/etc/netns/<ns>/resolv.conf``, bind-mounted
-  by ``ip netns exec``): c10d's TCPStore reverse-resolves ::1 / v4-mapped peer addresses, which
-  /etc/hosts does not list, and the host's DNS server is unreachable from inside a namespace, so
+- The namespaces get a resolv.conf that fails at once (tests/cluster/netns.sh): c10d's
+  TCPStore reverse-resolves ::1 / v4-mapped peer addresses, which /etc/hosts does not list, and the host's DNS server is unreachable from inside a namespace, so
   every store connection would otherwise stall ~10 s (5 s resolver timeout x 2 attempts) and
   time out at the short rendezvous timeouts used here. A real cluster has DNS.
 - Rendezvous and store timeouts are a few seconds (RDZV_JOIN_TIMEOUT, RDZV_READ_TIMEOUT), so
@@ -23,10 +22,8 @@ Design choices
 - Short training (3 steps, 1 eval micro-batch, 8 cloze items): the check is the launch path and
   cross-host collectives, not learning (tests/training/ covers that).
 """
-import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -67,28 +64,12 @@ def _port():
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _fast_failing_dns(hosts):
-    made = []
-    try:
-        for h in hosts:
-            d = os.path.join("/etc/netns", h.ns)
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, "resolv.conf"), "w") as f:
-                f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-            made.append(d)
-        yield
-    finally:
-        for d in made:
-            shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def hosts():
     reason = netns.unavailable_reason()
     if reason:
         pytest.skip(f"two-host torchrun tests need network namespaces: {reason}")
-    with netns.hosts(PREFIX, SUBNET, 2) as hs, _fast_failing_dns(hs):
+    with netns.hosts(PREFIX, SUBNET, 2) as hs:
         yield hs
 
 

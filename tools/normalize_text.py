@@ -14,7 +14,7 @@ import sys
 from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.annotate import normalize_files
 from megatron_ar.text.normalize import ArabicNormalizeConfig
-from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser, shard_spec
 
 
 @cli_main
@@ -38,7 +38,7 @@ def main(argv=None):
     summary = normalize_files(expand_inputs(a.input), a.output_dir, config=cfg, text_key=a.text_key,
                               drop_empty=not a.keep_empty, workers=a.workers, on_error=a.on_error,
                               resume=not a.no_resume, progress=not a.no_progress,
-                              overwrite=a.overwrite)
+                              overwrite=a.overwrite, shard=shard_spec(a))
     emit_summary("normalize", summary, a.json)
 
 

@@ -11,7 +11,7 @@ import sys
 
 from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.perplexity import PerplexityConfig, perplexity_files
-from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser, shard_spec
 
 
 @cli_main
@@ -31,7 +31,7 @@ def main(argv=None):
                            text_key=a.text_key)
     s = perplexity_files(expand_inputs(a.input), a.output_dir, cfg, workers=a.workers,
                          on_error=a.on_error, resume=not a.no_resume,
-                         progress=not a.no_progress, overwrite=a.overwrite)
+                         progress=not a.no_progress, overwrite=a.overwrite, shard=shard_spec(a))
     s.pop("log_ppl_sum", None)
     emit_summary("perplexity", s, a.json)
 

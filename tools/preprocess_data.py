@@ -9,13 +9,19 @@ Example:
   python tools/preprocess_data.py --input corpus/*.jsonl.gz --output-prefix data/ar \
       --tokenizer-type HuggingFaceTokenizer --tokenizer-model path/to/tokenizer \
       --append-eod --workers 16 --json
+
+On a cluster, an array task per part (--shard-index/--num-shards, default from
+SLURM_ARRAY_TASK_ID/COUNT) writes {prefix}_shardK_of_N_{key}_{level}.bin/.idx; join them with
+  python tools/merge_datasets.py --input 'data/ar_shard*_of_4_text_document' \
+      --output-prefix data/ar_text_document
+(byte-identical to the single run).
 """
 import os
 import sys
 
 from megatron_ar.data.preprocess import PreprocessConfig, preprocess
-from megatron_ar_tools._cli import (add_on_error, add_progress, add_resume, add_workers, cli_main,
-                                    emit_summary, parser)
+from megatron_ar_tools._cli import (add_on_error, add_progress, add_resume, add_shard_selection,
+                                    add_workers, cli_main, emit_summary, parser, shard_spec)
 
 
 def build_parser():
@@ -69,6 +75,7 @@ def build_parser():
     add_on_error(g)
     add_resume(g)
     add_progress(g)
+    add_shard_selection(g)
     return p
 
 
@@ -88,7 +95,8 @@ def main(argv=None):
         tokenizer_hf_use_fast=a.tokenizer_hf_use_fast,
         tokenizer_sentencepiece_legacy=a.tokenizer_sentencepiece_legacy,
         trust_remote_code=a.trust_remote_code, fast=not a.no_fast, overwrite=a.overwrite)
-    summary = preprocess(cfg, resume=not a.no_resume, progress=not a.no_progress)
+    summary = preprocess(cfg, resume=not a.no_resume, progress=not a.no_progress,
+                         shard=shard_spec(a))
     emit_summary("preprocess_data", summary, a.json)
     return 0
 

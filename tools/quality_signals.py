@@ -11,7 +11,7 @@ import sys
 from megatron_ar.io.records import expand_inputs
 from megatron_ar.text.annotate import AnnotateConfig, annotate_files
 from megatron_ar.text.signals import SIGNALS
-from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser
+from megatron_ar_tools._cli import add_shard_args, cli_main, emit_summary, parser, shard_spec
 
 
 @cli_main
@@ -29,7 +29,7 @@ def main(argv=None):
     summary = annotate_files(expand_inputs(a.input), a.output_dir,
                              config=AnnotateConfig(a.text_key, a.signals_key), workers=a.workers,
                              on_error=a.on_error, resume=not a.no_resume, progress=not a.no_progress,
-                             overwrite=a.overwrite)
+                             overwrite=a.overwrite, shard=shard_spec(a))
     emit_summary("quality signals", summary, a.json)
 
 

@@ -25,7 +25,7 @@ def _bar(counts):
 @cli_main
 def main(argv=None):
     p = parser(__doc__)
-    add_shard_args(p)
+    add_shard_args(p, shards=False)  # one histogram of the whole run
     p.add_argument("--samples", type=int, default=5, help="records sampled per (signal, bucket)")
     p.add_argument("--signals", nargs="+", default=list(SIGNAL_NAMES), help="signals (default: all)")
     p.add_argument("--max-chars", type=int, default=2000, help="sampled text is cut to this length")

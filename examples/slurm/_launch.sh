@@ -4,27 +4,11 @@
 # torchrun needed). --dry-run prints the layout, batch arithmetic, steps per phase and memory
 # estimate locally.
 #
-# Variables (all optional except RECIPE, which the sbatch scripts set):
-#   RECIPE           the YAML recipe
-#   GPUS_PER_NODE    GPUs per node (sbatch scripts: 8). 0 = CPU run: CUDA hidden from the
-#                    tasks, so megatron_ar picks gloo (with GPUs it picks nccl)
-#   NNODES           --dry-run only: nodes to plan for (under Slurm: SLURM_JOB_NUM_NODES)
-#   TASKS_PER_NODE   tasks per node (under Slurm: --ntasks-per-node; --dry-run: GPUS_PER_NODE)
-#   CPUS_PER_TASK    srun --cpus-per-task (default: the node's CPUs / tasks per node; since
-#                    Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task)
-#   GLOO_SOCKET_IFNAME  gloo's interface (default NCCL_SOCKET_IFNAME, examples/cluster_env.sh)
-#   OMP_NUM_THREADS  default CPUS_PER_TASK on CPU runs (examples/cluster_env.sh: 8 otherwise)
-#   MASTER_PORT      rendezvous port (default 10000 + job id % 50000); MASTER_ADDR is the
-#                    first node's address from `scontrol show node` (NodeAddr), never `hostname`
-#   PYTHON           interpreter of the tasks (default python)
-#   ENV_ACTIVATE     a file sourced before python runs, in the batch shell and in every task
-#                    (a venv's bin/activate, or a script doing `conda activate`)
-#   CONTAINER_IMAGE  pyxis/enroot: srun --container-image (and --container-workdir=submit dir)
-#   CONTAINER_MOUNTS pyxis/enroot: srun --container-mounts; each only passed when set
-#   LOG_DIR          logs and the requeue marker (default logs; the #SBATCH --output path)
-#   REQUEUE          1 (default): when the tasks stop early on SIGUSR1/SIGTERM after saving a
-#                    checkpoint (scancel --signal=USR1, --signal=USR1@T before the time
-#                    limit), requeue this job (sbatch --requeue); it resumes from that checkpoint
+# Variables (all optional except RECIPE, which the sbatch scripts set) are listed, with their
+# defaults, in the table at the top of examples/cluster_env.sh (rows marked S): RECIPE,
+# GPUS_PER_NODE (0 = CPU run over gloo), NNODES (--dry-run), TASKS_PER_NODE, CPUS_PER_TASK,
+# OMP_NUM_THREADS, MASTER_PORT, PYTHON, ENV_ACTIVATE, CONTAINER_IMAGE, CONTAINER_MOUNTS, LOG_DIR,
+# REQUEUE, and the network ones cluster_env.sh derives (NCCL/GLOO_SOCKET_IFNAME).
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(pwd)}"
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -42,15 +26,7 @@ if [[ "$GPUS_PER_NODE" == 0 ]]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$CPUS_PER_TASK}
 fi
 # shellcheck source=examples/cluster_env.sh
-source examples/cluster_env.sh
-# gloo (the CPU backend, and megatron-core's gloo side groups on GPU runs too) binds to the
-# address `hostname` resolves to unless told an interface: often 127.0.0.1 in /etc/hosts, which
-# the other nodes cannot reach ("Gloo connectFullMesh failed ... Connection refused").
-export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$NCCL_SOCKET_IFNAME}
-if [[ -n "${ENV_ACTIVATE:-}" ]]; then
-  # shellcheck disable=SC1090
-  source "$ENV_ACTIVATE"
-fi
+source examples/cluster_env.sh  # activates ENV_ACTIVATE
 PYTHON=${PYTHON:-python}
 NNODES=${SLURM_JOB_NUM_NODES:-${NNODES:-21}}
 WORLD=${SLURM_NTASKS:-$((NNODES * TASKS_PER_NODE))}
@@ -63,6 +39,10 @@ fi
 first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1)
 export MASTER_ADDR=${MASTER_ADDR:-$first}
+# NCCL/GLOO_SOCKET_IFNAME: the interface of the route to MASTER_ADDR. gloo (the CPU backend, and
+# megatron-core's gloo side groups on GPU runs) otherwise binds to the address `hostname`
+# resolves to, often 127.0.0.1 ("Gloo connectFullMesh failed ... Connection refused").
+cluster_net_env
 export MASTER_PORT=${MASTER_PORT:-$((10000 + SLURM_JOB_ID % 50000))}
 LOG_DIR=${LOG_DIR:-logs}
 mkdir -p "$LOG_DIR"
@@ -86,7 +66,7 @@ fi
 # The variables must expand inside each task, not here: single quotes on purpose.
 # shellcheck disable=SC2016
 srun "${args[@]}" bash -c '
-  if [[ -n "${ENV_ACTIVATE:-}" ]]; then source "$ENV_ACTIVATE"; fi
+  source examples/cluster_env.sh || exit  # ENV_ACTIVATE inside the task (and its container)
   export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
   exec "$0" -m megatron_ar.train --config "$1" --stop-marker "$2" "${@:3}"' \
   "$PYTHON" "$RECIPE" "$marker" "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fanar Prime 9B continual pretraining, multi-node torchrun (run this on each of the NNODES nodes):
-#   MASTER_ADDR=node001 bash examples/torchrun/fanar_prime_9b_cpt.sh [--key value ...]
+#   NODE_RANK=<0..NNODES-1> MASTER_ADDR=node001 bash examples/torchrun/fanar_prime_9b_cpt.sh [--key value ...]
 #   bash examples/torchrun/fanar_prime_9b_cpt.sh --dry-run
 set -euo pipefail
 export RECIPE=${RECIPE:-examples/recipes/fanar_prime_9b_cpt.yaml}

@@ -339,11 +339,34 @@ def tokenizer_files_sha256(cfg: PreprocessConfig) -> str:
     return h.hexdigest()
 
 
-def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = True) -> dict:
-    """Run the whole conversion; returns the summary (documents, tokens, bytes, seconds, ...)."""
+def preprocess(cfg: PreprocessConfig, *, resume: bool = True, progress: bool = True,
+               shard=None) -> dict:
+    """Run the whole conversion; returns the summary (documents, tokens, bytes, seconds, ...).
+
+    ``shard`` (:class:`megatron_ar.io.shards.ShardSpec`, K of N > 1) converts only that
+    contiguous range of the sorted inputs into ``{prefix}_shardK_of_N_{key}_{level}.bin/.idx``
+    (K zero-padded, so the names sort in shard order); ``tools/merge_datasets.py`` over those
+    in shard order gives the single run's files byte for byte. A shard given no input writes
+    nothing and returns an empty summary. ``--partitions > 1`` is refused with shards: its
+    round-robin order interleaves documents of the whole corpus."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     t0 = time.time()
+    if shard is not None and shard.sharded:
+        if cfg.effective_partitions() > 1:
+            raise ValueError(f"--partitions {cfg.partitions}: cannot be combined with "
+                             f"--num-shards {shard.count} (partitions interleave documents of "
+                             "the whole corpus); use --partitions 1 or --keep-sequential-samples")
+        from megatron_ar.io.shards import shard_inputs
+
+        mine = shard_inputs(expand_inputs(cfg.input), shard)
+        if not mine:
+            return {"documents": 0, "tokens": 0, "bytes": 0, "shards": 0,
+                    "shard_index": shard.index, "num_shards": shard.count, "outputs": {}}
+        cfg = dataclasses.replace(cfg, input=mine, output_prefix=cfg.output_prefix + shard.suffix)
+        out = preprocess(cfg, resume=resume, progress=progress)
+        out.update(shard_index=shard.index, num_shards=shard.count)
+        return out
     for name in ("tokenizer_model", "vocab_file", "merge_file"):
         path = getattr(cfg, name)
         # A local path (not a hub id such as "org/model") must exist.

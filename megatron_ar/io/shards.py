@@ -24,6 +24,21 @@ Design choices and trade-offs:
   this input with these options (a killed run, ``--no-resume`` or an input changed since:
   redone, make-like) or not (other options, or no marker at all: refused with that reason).
   Files in the folder that are no shard's output are never touched.
+* **Cluster scale without a coordinator** (:class:`ShardSpec`): ``--shard-index K
+  --num-shards N`` (default: the Slurm array variables) makes a run process only its part of
+  the sorted input list, so N array tasks on N nodes split a corpus with no shared state but
+  the output folder. The rule (:func:`shard_inputs`): the sorted inputs are cut into N
+  *contiguous* ranges balanced by on-disk bytes, file ``i`` going to shard
+  ``floor(N * (bytes before i + size_i / 2) / total bytes)``. Contiguous (not round-robin), so
+  concatenating the shards' outputs in shard order is the single-process order (what
+  ``preprocess_data`` and dedup's "earlier inputs win" need); by bytes, so one huge file does
+  not leave the other tasks idle. Every task computes the same split from the same listing
+  (the rule reads only sizes, which do not change while the pipeline runs). Output names and
+  done markers are per input, computed over the *whole* list, so outputs are byte-identical
+  whatever N, and a failed task is rerun alone (the others' markers make them skip).
+  A task given no input exits 0 with an empty summary. Concurrent tasks share the output
+  folder safely: temps carry host and pid (:mod:`megatron_ar.io.atomic`), and a sharded run
+  never removes the folder on failure (another task may be writing into it).
 """
 from __future__ import annotations
 
@@ -40,9 +55,104 @@ from megatron_ar.io.atomic import remove_stale_temps, write_json_atomic
 from megatron_ar.io.outputs import OutputError, dirs_removed_on_failure, refuse_overlap
 from megatron_ar.io.summary import merge_summaries
 
-__all__ = ["ShardTask", "ShardRunner", "run_shards", "fingerprint"]
+__all__ = ["ShardSpec", "ShardTask", "ShardRunner", "run_shards", "fingerprint", "shard_inputs",
+           "shard_of_inputs"]
 
 _PROGRESS_QUEUE = None  # set in pool workers by _init_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """Which part of the inputs this process handles: ``index`` of ``count`` (0-based)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ValueError(f"--num-shards: must be >= 1, got {self.count}")
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"--shard-index: must be in [0, --num-shards {self.count}), "
+                             f"got {self.index}")
+
+    @property
+    def sharded(self) -> bool:
+        return self.count > 1
+
+    @property
+    def suffix(self) -> str:
+        """``_shardK_of_N`` with K zero-padded to N's width (names sort in shard order)."""
+        return f"_shard{self.index:0{len(str(self.count))}d}_of_{self.count}"
+
+    @classmethod
+    def resolve(cls, index: Optional[int] = None, count: Optional[int] = None,
+                env: Optional[dict] = None) -> "ShardSpec":
+        """Flags first, then a Slurm job array's variables, then 0 of 1.
+
+        Index: ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` (arrays may
+        start at 1 or step, ``--array=1-7:2``); count: ``SLURM_ARRAY_TASK_COUNT``. A variable
+        that is not an integer, or one of the two given without the other, is an error naming
+        it."""
+        env = os.environ if env is None else env
+
+        def var(name: str, default: Optional[int] = None) -> Optional[int]:
+            v = env.get(name)
+            if v is None or v == "":
+                return default
+            try:
+                return int(v)
+            except ValueError:
+                raise ValueError(f"{name}={v!r}: not an integer") from None
+
+        if index is None and "SLURM_ARRAY_TASK_ID" in env:
+            tid = var("SLURM_ARRAY_TASK_ID")
+            lo, step = var("SLURM_ARRAY_TASK_MIN", 0), var("SLURM_ARRAY_TASK_STEP", 1) or 1
+            if (tid - lo) % step:
+                raise ValueError(f"SLURM_ARRAY_TASK_ID={tid}: not SLURM_ARRAY_TASK_MIN={lo} plus a "
+                                 f"multiple of SLURM_ARRAY_TASK_STEP={step}; pass --shard-index")
+            index = (tid - lo) // step
+            src_i = f"--shard-index (from SLURM_ARRAY_TASK_ID={tid} - SLURM_ARRAY_TASK_MIN={lo})"
+        else:
+            src_i = "--shard-index"
+        src_n = "--num-shards"
+        if count is None:
+            count = var("SLURM_ARRAY_TASK_COUNT")
+            src_n = f"--num-shards (from SLURM_ARRAY_TASK_COUNT={count})"
+        if index is None and count is None:
+            return cls()
+        if index is None:
+            raise ValueError(f"--num-shards {count} needs --shard-index (or SLURM_ARRAY_TASK_ID)")
+        if count is None:
+            raise ValueError(f"--shard-index {index} needs --num-shards (or "
+                             "SLURM_ARRAY_TASK_COUNT)")
+        if count < 1:
+            raise ValueError(f"{src_n}: must be >= 1, got {count}")
+        if not 0 <= index < count:
+            raise ValueError(f"{src_i}: must be in [0, {count}), got {index}")
+        return cls(index, count)
+
+
+def shard_of_inputs(inputs: Sequence[str], count: int) -> list[int]:
+    """The shard of each input: contiguous ranges of ``inputs`` (in the given, sorted, order)
+    balanced by on-disk bytes (module docstring); by count when every file is empty."""
+    sizes = [os.path.getsize(p) for p in inputs]
+    total = sum(sizes)
+    if total == 0:
+        return [min(count - 1, i * count // max(1, len(inputs))) for i in range(len(inputs))]
+    out, before = [], 0
+    for s in sizes:
+        # integer form of floor(count * (before + s/2) / total)
+        out.append(min(count - 1, (count * (2 * before + s)) // (2 * total)))
+        before += s
+    return out
+
+
+def shard_inputs(inputs: Sequence[str], shard: Optional[ShardSpec]) -> list[str]:
+    """The inputs ``shard`` handles (all of them for None or 1 shard)."""
+    if shard is None or not shard.sharded:
+        return list(inputs)
+    owner = shard_of_inputs(inputs, shard.count)
+    return [p for p, k in zip(inputs, owner) if k == shard.index]
 
 
 def _init_worker(queue) -> None:
@@ -125,13 +235,18 @@ class ShardRunner:
     (skipped ones included, read from their markers) plus ``shards``, ``shards_skipped``,
     ``seconds``, ``input_bytes``; ``self.results`` keeps each shard's own summary for tools that
     reduce differently.
+
+    ``shard`` (:class:`ShardSpec`) restricts the run to that part of ``inputs`` (module
+    docstring); names and markers stay those of the whole list. The summary then also holds
+    ``shard_index``, ``num_shards`` and ``inputs_total``.
     """
 
     def __init__(self, inputs: Sequence[str], out_dir: str, fn: Callable[[ShardTask], dict], *,
                  workers: int = 1, desc: str = "shards", resume: bool = True, options: Any = None,
                  on_error: str = "fail", progress: bool = True, marker_dir: Optional[str] = None,
                  overwrite: bool = False,
-                 outputs: Optional[Callable[[ShardTask], Sequence[str]]] = None):
+                 outputs: Optional[Callable[[ShardTask], Sequence[str]]] = None,
+                 shard: Optional[ShardSpec] = None):
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
         if workers < 1:
@@ -150,11 +265,15 @@ class ShardRunner:
         # the paths a shard writes (besides temps); default: out_dir entries named after it
         self.outputs = outputs or _default_outputs
         self.results: dict[int, dict] = {}  # per-shard summaries by input index, after run()
+        self.shard = shard or ShardSpec()
 
     def tasks(self) -> list[ShardTask]:
+        """This shard's tasks (all inputs unless ``shard``); indices and names are those of the
+        whole input list, so they do not depend on the sharding."""
         names = _unique_names(self.inputs)
+        mine = set(shard_inputs(self.inputs, self.shard))
         return [ShardTask(i, p, self.out_dir, n, self.options, self.on_error)
-                for i, (p, n) in enumerate(zip(self.inputs, names))]
+                for i, (p, n) in enumerate(zip(self.inputs, names)) if p in mine]
 
     def _marker(self, task: ShardTask) -> str:
         return os.path.join(self.marker_dir, task.output_name + ".done.json")
@@ -219,6 +338,8 @@ class ShardRunner:
         # Output names follow the input names: an output folder that holds (or lies inside) an
         # input would write over it (megatron_ar.io.outputs).
         refuse_overlap([self.out_dir], self.inputs, key="--output-dir")
+        if self.shard.sharded:  # other array tasks write into the same folders: never remove them
+            return self._run()
         with dirs_removed_on_failure([self.out_dir, self.marker_dir]):
             return self._run()
 
@@ -284,6 +405,9 @@ class ShardRunner:
         summary["shards_skipped"] = len(tasks) - len(todo)
         summary["input_bytes"] = total
         summary["seconds"] = round(time.time() - t0, 3)
+        if self.shard.sharded:
+            summary.update(shard_index=self.shard.index, num_shards=self.shard.count,
+                           inputs_total=len(self.inputs))
         return summary
 
     def _run_pool(self, todo, on_progress, finish) -> None:

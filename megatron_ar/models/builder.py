@@ -21,6 +21,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_ar.models.config import ModelConfig
+from megatron_ar.models.encoder import laser_spec
 from megatron_ar.models.modules import ArGPTModel, embedding_multiplier
 from megatron_ar.models.spec import LayerModules, attention_choice, block_spec
 from megatron_ar.runtime.device import module_to_device
@@ -52,6 +53,7 @@ def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = 
         embedding_norm=cfg.embedding_norm,
         final_logit_softcap=cfg.final_logit_softcap,
         fused_kernels=cfg.fused_kernels,
+        laser=laser_spec(cfg),
     )
 
 

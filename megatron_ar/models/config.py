@@ -38,6 +38,10 @@ ATTENTION_BACKENDS = ("auto", "unfused", "sdpa", "flex", "te")
 #: model.fused_kernels: the csrc/ kernels (fused cross-entropy, fused RMSNorm); see
 #: megatron_ar.kernels.use_fused.
 FUSED_KERNELS = ("auto", "on", "off")
+#: model.laser_mode: how a frozen LASER2 encoder feeds the decoder (megatron_ar.models.encoder):
+#: none (Arkadiko V4-B), cross_attention (V4-A), input (V4-C).
+LASER_MODES = ("none", "cross_attention", "input")
+LASER_POOLINGS = ("max", "mean")
 
 
 class ConfigError(ValueError):
@@ -75,6 +79,10 @@ class ModelConfig:
         that leaves the math and the checkpoint unchanged).
     fused_kernels: the csrc/ kernels (``auto``: on a GPU when built; ``on``/``off``).
     hf_extra: HF-only config keys carried through conversion unchanged (token ids).
+    laser_mode: a frozen LASER2 BiLSTM encoder over the same token ids (one of ``LASER_MODES``,
+        see :mod:`megatron_ar.models.encoder`); ``laser_layers`` / ``laser_hidden`` (per
+        direction) / ``laser_embed_dim`` / ``laser_padding_idx`` its shape, ``laser_pooling``
+        the sentence embedding (``max`` as LASER, ``mean``).
     """
 
     num_layers: int
@@ -107,6 +115,12 @@ class ModelConfig:
     attention_backend: str = "auto"
     fused_kernels: str = "auto"
     hf_extra: Dict[str, Any] = field(default_factory=dict)
+    laser_mode: str = "none"
+    laser_layers: int = 5
+    laser_hidden: int = 512
+    laser_embed_dim: int = 320
+    laser_pooling: str = "max"
+    laser_padding_idx: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -157,9 +171,27 @@ class ModelConfig:
         if self.embedding_norm and self.norm == "rmsnorm_one_plus":
             self._fail("embedding_norm", "is parameter-free RMSNorm; combine it with norm="
                        "'rmsnorm' or 'rmsnorm_noparam'")
+        self._validate_laser()
         if self.family in ("llama", "gemma2") and self.activation not in ("swiglu", "geglu_tanh"):
             self._fail("activation", f"family {self.family!r} converts to HF only with a gated "
                        "activation (swiglu or geglu_tanh); use family='gpt'")
+
+    def _validate_laser(self) -> None:
+        if self.laser_mode not in LASER_MODES:
+            self._fail("laser_mode", f"must be one of {LASER_MODES}")
+        if self.laser_pooling not in LASER_POOLINGS:
+            self._fail("laser_pooling", f"must be one of {LASER_POOLINGS}")
+        for name in ("laser_layers", "laser_hidden", "laser_embed_dim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self._fail(name, "must be a positive int")
+        if not (isinstance(self.laser_padding_idx, int)
+                and 0 <= self.laser_padding_idx < self.vocab_size):
+            self._fail("laser_padding_idx", f"must be a token id below vocab_size={self.vocab_size}")
+        if self.laser_mode == "cross_attention" and 2 * self.laser_hidden != self.hidden_size:
+            # megatron-core's CrossAttention projects K/V from inputs of config.hidden_size
+            self._fail("laser_hidden", f"2 x laser_hidden must equal hidden_size="
+                       f"{self.hidden_size} for laser_mode='cross_attention'")
 
     # ------------------------------------------------------------------ derived values
     @property

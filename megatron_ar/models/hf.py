@@ -122,6 +122,7 @@ def to_hf_config(cfg: ModelConfig):
     if cfg.qk_norm or cfg.embedding_norm:
         raise ConfigError("ModelConfig.qk_norm/embedding_norm: not expressible in "
                           f"{HF_ARCHITECTURES[cfg.family]}")
+    _no_laser(cfg)
     common = dict(
         architectures=[HF_ARCHITECTURES[cfg.family]],
         vocab_size=cfg.vocab_size,
@@ -178,10 +179,17 @@ class WeightEntry:
     kind: str  # "copy" | "qkv" | "fc1"
 
 
+def _no_laser(cfg: ModelConfig) -> None:
+    if cfg.laser_mode != "none":  # Arkadiko V4-A/C: the HF architecture has no LASER encoder
+        raise ConfigError(f"ModelConfig.laser_mode: {cfg.laser_mode!r} has no HF equivalent "
+                          "(only 'none' converts)")
+
+
 def weight_table(cfg: ModelConfig) -> List[WeightEntry]:
     """Every tensor of the model, in order (embedding, layers, final norm, LM head)."""
     if cfg.family not in HF_ARCHITECTURES:
         raise ConfigError(f"ModelConfig.family: {cfg.family!r} has no HF weight mapping")
+    _no_laser(cfg)
     E = WeightEntry
     table = [E("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "copy")]
     for i in range(cfg.num_layers):

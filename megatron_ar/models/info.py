@@ -4,7 +4,9 @@ Usage: ``python -m megatron_ar.models.info PRESET [--tp N] [--json]``
 
 Counting convention (Fanar report, Table 6): ``embedding`` = input embedding matrix
 (vocab x hidden); ``non_embedding`` = everything else, *including* an untied LM head;
-``total`` = their sum. Counts use the real vocabulary; Megatron pads the vocabulary to a
+``total`` = their sum. A frozen LASER2 encoder (Arkadiko V4-A/C) is reported apart as
+``laser_encoder_frozen`` and is not in ``total``; V4-A's cross-attention and V4-C's input
+projection are trained and are. Counts use the real vocabulary; Megatron pads the vocabulary to a
 multiple of 128 x TP and that padding is reported separately under ``megatron_padded`` (it is
 memory, not model capacity). Analytic counts are cross-checked against built megatron-core
 models in tests/models/test_model_info.py.
@@ -30,9 +32,22 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
     fc2 = cfg.ffn_hidden_size * h + (h if cfg.add_bias_linear else 0)
     norms = norm * h * (2 + (2 if cfg.post_norms else 0)) + norm * (2 * d if cfg.qk_norm else 0)
     per_layer = qkv + proj + fc1 + fc2 + norms
+    bias = 1 if cfg.add_bias_linear else 0
+    laser_encoder = laser_input_proj = 0
+    if cfg.laser_mode != "none":
+        # frozen LASER2 BiLSTM (counted apart: not trained); per layer and direction
+        # W_ih [4H, in], W_hh [4H, H], b_ih, b_hh [4H]
+        hl, e = cfg.laser_hidden, cfg.laser_embed_dim
+        laser_encoder = cfg.vocab_size * e + sum(
+            2 * (4 * hl * (e if k == 0 else 2 * hl) + 4 * hl * hl + 8 * hl)
+            for k in range(cfg.laser_layers))
+    if cfg.laser_mode == "cross_attention":  # MHA cross-attention (megatron-core has no GQA)
+        per_layer += norm * h + 4 * (heads * d * h) + bias * (3 * heads * d + h)
+    if cfg.laser_mode == "input":
+        laser_input_proj = 2 * cfg.laser_hidden * h + h
     embedding = cfg.vocab_size * h
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * h
-    non_embedding = cfg.num_layers * per_layer + norm * h + lm_head
+    non_embedding = cfg.num_layers * per_layer + norm * h + lm_head + laser_input_proj
     padded_vocab = cfg.padded_vocab_size(tp)
     pad_params = (padded_vocab - cfg.vocab_size) * h * (1 if cfg.tie_embeddings else 2)
     total = embedding + non_embedding
@@ -45,6 +60,7 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
         "per_layer": per_layer,
         "megatron_padded": {"tp": tp, "vocab_size": padded_vocab,
                             "padding_params": pad_params, "total": total + pad_params},
+        "laser_encoder_frozen": laser_encoder,
     }
 
 
@@ -82,6 +98,11 @@ def main(argv: Optional[List[str]] = None) -> int:
           + ("  incl. untied LM head" if counts["lm_head"] else ""))
     print(f"  Megatron vocab padding (TP={pad['tp']}): vocab {pad['vocab_size']}, "
           f"+{pad['padding_params']:,d} params, padded total {pad['total']:,d}")
+    if counts["laser_encoder_frozen"]:
+        n = counts["laser_encoder_frozen"]
+        print(f"  + frozen LASER2 encoder ({cfg.laser_layers}-layer BiLSTM, "
+              f"{cfg.laser_hidden}/direction, laser_mode={cfg.laser_mode}): {n:,d} "
+              f"({_fmt(n)}), not in total")
     if args.json:
         print(json.dumps(counts))
     return 0

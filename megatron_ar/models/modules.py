@@ -217,12 +217,13 @@ class ArGPTModel(GPTModel):
     """GPTModel + embedding scaling / embedding norm + final logit soft-cap (module docstring).
 
     Extra args: ``embedding_scale`` (multiply embeddings by it, e.g. sqrt(hidden)),
-    ``embedding_norm`` (parameter-free RMSNorm after the embedding), ``final_logit_softcap``.
+    ``embedding_norm`` (parameter-free RMSNorm after the embedding), ``final_logit_softcap``,
+    ``laser`` (a :class:`megatron_ar.models.encoder.LaserSpec`: the frozen LASER2 encoder).
     """
 
     def __init__(self, *args, embedding_scale: Optional[float] = None,
                  embedding_norm: bool = False, final_logit_softcap: Optional[float] = None,
-                 fused_kernels: str = "auto", **kwargs):
+                 fused_kernels: str = "auto", laser=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.final_logit_softcap = final_logit_softcap
         # model.fused_kernels for the LM loss: decided once for the process's device (an
@@ -240,6 +241,10 @@ class ArGPTModel(GPTModel):
             self.embedding.register_forward_hook(self._embedding_hook)
         if self.post_process and final_logit_softcap:
             self.output_layer.register_forward_hook(self._logits_hook)
+        if laser is not None:  # Arkadiko V4-A / V4-C (megatron_ar.models.encoder)
+            from megatron_ar.models.encoder import attach_laser
+
+            attach_laser(self, laser)
 
     def _embedding_hook(self, module, inputs, output):
         return self.embedding_transform(output)

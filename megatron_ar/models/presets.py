@@ -8,8 +8,8 @@ Design choices
   modules).
 - Sources: Fanar Star / Fanar Prime sizes from the Fanar report (Table 6; Prime is Gemma-2-9B
   with its vocabulary pruned 256,000 -> 128,256), Gemma-2-9B from its HF config, the
-  autoresearch/nanochat GPT and Arkadiko from the project's specification. Where the sources
-  are silent we state the choice: Fanar Star uses Llama-2 defaults (RoPE theta 10,000, RMSNorm
+  autoresearch/nanochat GPT and Arkadiko (V4-A/B/C, the Arkadiko V4 card) from the project's
+  specification. Where the sources are silent we state the choice: Fanar Star uses Llama-2 defaults (RoPE theta 10,000, RMSNorm
   eps 1e-5); the autoresearch preset uses nanochat's final-logit soft-cap of 15 and its 4x
   ReLU^2 MLP, which with those sizes gives ~268M parameters (the "540m" in the name is a
   label, not a count; see ``python -m megatron_ar.models.info autoresearch-540m``).
@@ -91,13 +91,30 @@ def _arkadiko_v4b() -> ModelConfig:
                        activation="swiglu", norm="rmsnorm", tie_embeddings=True)
 
 
+# V4-A / V4-C: the B decoder plus a frozen LASER2 encoder (5-layer BiLSTM, 512 per direction,
+# token embedding 320: LASER's LaserLstmEncoder / laser2.pt; Artetxe & Schwenk 2019). Pooling
+# is LASER's max-pool; the card calls C's input "mean-pooled" (laser_pooling="mean" gives it).
+def _arkadiko_v4a() -> ModelConfig:
+    return _arkadiko_v4b().replace(name="arkadiko-v4a", laser_mode="cross_attention")
+
+
+def _arkadiko_v4c() -> ModelConfig:
+    return _arkadiko_v4b().replace(name="arkadiko-v4c", laser_mode="input")
+
+
 # ------------------------------------------------------------------ tiny test variants
 # What a tiny variant may change from its parent: the sizes, and nothing else unless listed in
 # ``TinyVariant.scale_dependent`` with the reason (every flag -- family, activation, norm and its
 # eps, tie_embeddings, qk_norm, post_norms, embedding scale/norm, the sliding pattern, rotary
 # base, init std, HF token ids -- is the parent's). ``tests/models/test_model_config.py`` checks it.
 SIZE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-               "num_query_groups", "kv_channels", "vocab_size", "seq_length", "sliding_window")
+               "num_query_groups", "kv_channels", "vocab_size", "seq_length", "sliding_window",
+               "laser_layers", "laser_hidden", "laser_embed_dim")
+#: Sizes a tiny variant sets only when its parent uses the feature.
+_OPTIONAL_SIZES = {"sliding_window": lambda c: bool(c.sliding_window),
+                   "laser_layers": lambda c: c.laser_mode != "none",
+                   "laser_hidden": lambda c: c.laser_mode != "none",
+                   "laser_embed_dim": lambda c: c.laser_mode != "none"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,8 @@ class TinyVariant:
 
     def build(self, name: str) -> ModelConfig:
         parent = get_preset(self.parent)
-        needed = {f for f in SIZE_FIELDS if f != "sliding_window" or parent.sliding_window}
+        needed = {f for f in SIZE_FIELDS
+                  if f not in _OPTIONAL_SIZES or _OPTIONAL_SIZES[f](parent)}
         if set(self.sizes) != needed:
             raise KeyError(f"tiny preset {name!r}: sizes must set exactly {sorted(needed)}, "
                            f"got {sorted(self.sizes)}")
@@ -150,6 +168,16 @@ TINY_VARIANTS: Dict[str, TinyVariant] = {
     "tiny-arkadiko": TinyVariant("arkadiko-v4b", dict(
         num_layers=4, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
         num_query_groups=2, kv_channels=16, vocab_size=250, seq_length=64)),
+    # The encoder keeps its 5 layers; 2 x 32 = hidden 64, as megatron-core's CrossAttention
+    # reads K/V inputs of hidden_size (2 x 512 = 1024 in the parent).
+    "tiny-arkadiko-v4a": TinyVariant("arkadiko-v4a", dict(
+        num_layers=4, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
+        num_query_groups=2, kv_channels=16, vocab_size=250, seq_length=64, laser_layers=5,
+        laser_hidden=32, laser_embed_dim=20)),
+    "tiny-arkadiko-v4c": TinyVariant("arkadiko-v4c", dict(
+        num_layers=4, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
+        num_query_groups=2, kv_channels=16, vocab_size=250, seq_length=64, laser_layers=5,
+        laser_hidden=32, laser_embed_dim=20)),
 }
 
 
@@ -159,6 +187,8 @@ for _name, _factory in (
     ("fanar-prime-9b", _fanar_prime_9b),
     ("autoresearch-540m", _autoresearch_540m),
     ("arkadiko-v4b", _arkadiko_v4b),
+    ("arkadiko-v4a", _arkadiko_v4a),
+    ("arkadiko-v4c", _arkadiko_v4c),
 ):
     register_preset(_name, _factory)
 for _name, _variant in TINY_VARIANTS.items():

@@ -191,6 +191,10 @@ def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None,
         mlp_bda=get_bias_dropout_add,
         sharded_state_dict_keys_map=keys_map,
     )
+    if cfg.laser_mode == "cross_attention":  # Arkadiko V4-A (megatron_ar.models.encoder)
+        from megatron_ar.models.encoder import add_cross_attention
+
+        submodules = add_cross_attention(submodules, m)
     if cfg.post_norms:
         return ModuleSpec(
             module=SandwichTransformerLayer,

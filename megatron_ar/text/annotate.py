@@ -54,11 +54,11 @@ def annotate_shard(task: ShardTask) -> dict:
 
 def annotate_files(inputs: Sequence[str], out_dir: str, *, config: Optional[AnnotateConfig] = None,
                    workers: int = 1, on_error: str = "fail", resume: bool = True,
-                   progress: bool = True, overwrite: bool = False) -> dict:
+                   progress: bool = True, overwrite: bool = False, shard=None) -> dict:
     """Annotate every record of ``inputs`` with quality signals; returns the run summary."""
     return run_shards(inputs, out_dir, annotate_shard, workers=workers, desc="quality signals",
                       resume=resume, options=config or AnnotateConfig(), on_error=on_error,
-                      progress=progress, overwrite=overwrite)
+                      progress=progress, overwrite=overwrite, shard=shard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +100,9 @@ def normalize_shard(task: ShardTask) -> dict:
 def normalize_files(inputs: Sequence[str], out_dir: str, *, config: Optional[ArabicNormalizeConfig] = None,
                     text_key: str = "text", drop_empty: bool = True, workers: int = 1,
                     on_error: str = "fail", resume: bool = True, progress: bool = True,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, shard=None) -> dict:
     """Rewrite ``text`` of every record with :func:`build_normalizer`; returns the run summary."""
     job = NormalizeJob(config or ArabicNormalizeConfig(), text_key, drop_empty)
     return run_shards(inputs, out_dir, normalize_shard, workers=workers, desc="normalize",
                       resume=resume, options=job, on_error=on_error, progress=progress,
-                      overwrite=overwrite)
+                      overwrite=overwrite, shard=shard)

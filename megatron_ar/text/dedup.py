@@ -37,6 +37,19 @@ Design choices (why):
   per input shard through :func:`megatron_ar.io.shards.run_shards` (processes, progress,
   resume: finished shards leave ``.npy`` key files in the work directory). 64-bit keys make
   accidental collisions negligible (about n^2 / 2^65: < 3% for 10^9 documents, per column).
+* **Two stages at cluster scale** (``stage=``): ``"keys"`` is pass 1 alone, run as a job array
+  (``shard=``, :class:`megatron_ar.io.shards.ShardSpec`; each task hashes its contiguous range
+  of the sorted inputs into the shared work folder, with done markers); ``"cluster"`` runs on
+  one node from the key files only (union-find over the concatenated key columns) and then
+  streams the kept records (pass 2) or, at corpus scale, saves the kept set (one byte per
+  document) for ``"write"``, a job array writing each input's kept records to a file of its
+  name (the files concatenated in input order are the one-file output). The key files are per input and concatenated in input
+  order, so the kept set is the one-pass run's whatever the sharding. Stage 2 holds the key
+  columns, the roots, the per-mode clusterings and the kept mask in memory, never texts: peak
+  RSS grows by about 265 bytes per document with all modes (measured by
+  ``benchmarks/data_pipeline.py --dedup-memory``: 40k -> 200k documents, +41 MiB), so 10^9
+  documents need a node with about 250 GiB. It checks every
+  input's key file was made from that input (size, mtime) with the same options first.
 * **Fallback**: when the extension is missing, the same hashes are computed with Python ints and
   numpy (about 100x slower); ``backend="python"`` forces it so tests can compare both.
 """
@@ -54,6 +67,7 @@ from megatron_ar.io.atomic import atomic_output
 from megatron_ar.io.outputs import OutputError, check_file_output, refuse_overlap
 from megatron_ar.io.records import ErrorStats, dump_record, expand_inputs, iter_records
 from megatron_ar.io.shards import ShardRunner, ShardTask, run_shards
+from megatron_ar.io.summary import merge_summaries
 
 from megatron_ar import _ext as _extensions
 
@@ -419,46 +433,172 @@ def _keys_shard(task: ShardTask) -> dict:
     keys = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint64)
     with atomic_output(task.output_path(".keys.npy"), "wb") as f:
         np.save(f, keys)
-    return {"docs_in": n, "bytes_in": nbytes, "errors": stats.as_dict()}
+    return {"docs_in": n, "bytes_in": nbytes, "errors": stats.as_dict(),
+            "keys_options": _keys_options(cfg)}
 
 
-def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optional[str] = None,
-                cfg: Optional[DedupConfig] = None, *, workers: int = 1, on_error: str = "fail",
-                work_dir: Optional[str] = None, resume: bool = True,
-                progress: bool = True, overwrite: bool = False) -> dict:
-    """Deduplicate JSONL files (together: cross-dataset) into ``output``.
+def _keys_options(cfg: DedupConfig) -> str:
+    """What the key columns depend on (threads and batch size do not change them)."""
+    d = dataclasses.asdict(dataclasses.replace(cfg, threads=0, batch_size=1, backend="auto"))
+    return json.dumps(d, sort_keys=True)
 
-    ``clusters_path`` receives one JSON line per dropped record: ``{"id", "kept"}`` (ids are the
-    records' ``id`` or ``path:line``). Returns the summary dict (docs_in, docs_out, duplicates,
-    clusters, duplicates_by_mode, bytes_in, bytes_out, seconds, errors).
-    """
-    cfg = cfg or DedupConfig()
-    t0 = time.time()
-    paths = expand_inputs(inputs)
-    work_dir = work_dir or (os.path.abspath(output) + ".work")
-    refuse_overlap([output], paths, key="--output")
-    refuse_overlap([clusters_path] if clusters_path else [], paths, key="--clusters")
-    refuse_overlap([work_dir], paths, key="--work-dir")
-    if clusters_path and os.path.realpath(clusters_path) == os.path.realpath(output):
-        raise OutputError(f"--clusters {clusters_path}: is the --output file")
-    check_file_output(output, overwrite=overwrite, key="--output")
-    if clusters_path:
-        check_file_output(clusters_path, overwrite=overwrite, key="--clusters")
+
+def _load_keys(paths: Sequence[str], work_dir: str, cfg: DedupConfig) -> tuple[np.ndarray, dict]:
+    """Stage 2's input: every input's key file, checked against its done marker (made from this
+    input, size and mtime, with these options), concatenated in input order."""
+    from megatron_ar.io.shards import _fingerprint
+
+    runner = ShardRunner(paths, work_dir, _keys_shard)
+    parts, pass1 = [], {}
+    want = _keys_options(cfg)
+    for t in runner.tasks():
+        m = runner._read_marker(t)
+        fp = _fingerprint(t.input_path, None)
+        old = (m or {}).get("fingerprint") or {}
+        why = None
+        if m is None:
+            why = "no finished key file (run --stage keys over it first)"
+        elif any(old.get(k) != fp[k] for k in ("input", "size", "mtime_ns")):
+            why = "changed since its key file was made (rerun --stage keys)"
+        elif (m.get("summary") or {}).get("keys_options") != want:
+            why = "key file made with other options (--mode/--ngram/--bands/... differ)"
+        if why:
+            raise ValueError(f"--work-dir {work_dir}: input {t.input_path}: {why}")
+        parts.append(np.load(t.output_path(".keys.npy")))
+        s = dict(m["summary"])
+        s.pop("keys_options", None)
+        pass1 = merge_summaries(pass1, s)
+    return np.concatenate(parts), pass1
+
+
+KEPT_FILE = "kept.npy"
+
+
+def _write_shard(task: ShardTask) -> dict:
+    """Stage 3 over one input: its records whose kept bit is set, unchanged."""
+    o = task.options
+    start, count = o["ranges"][task.input_path]
+    kept = np.load(os.path.join(o["work_dir"], KEPT_FILE), mmap_mode="r")[start:start + count]
+    i = n_out = b_out = 0
+    with atomic_output(task.output_path()) as f:
+        for _, rec in iter_records(task.input_path, required_keys=(o["text_key"],),
+                                   on_error="skip", stats=ErrorStats(), progress=task.report):
+            if i >= count:
+                raise ValueError(f"{task.input_path}: has more records than when its keys were "
+                                 "made (rerun --stage keys and cluster)")
+            if kept[i]:
+                f.write(dump_record(rec))
+                n_out += 1
+                b_out += len(rec[o["text_key"]].encode("utf-8"))
+            i += 1
+    if i != count:
+        raise ValueError(f"{task.input_path}: {i} records, {count} when its keys were made "
+                         "(rerun --stage keys and cluster)")
+    return {"docs_in": i, "docs_out": n_out, "bytes_out": b_out}
+
+
+def _write_stage(paths, out_dir, work_dir, cfg, *, on_error, resume, progress, overwrite,
+                 shard) -> dict:
+    kept_path = os.path.join(work_dir, KEPT_FILE)
+    if not os.path.isfile(kept_path):
+        raise ValueError(f"--work-dir {work_dir}: no {KEPT_FILE} (run --stage cluster first)")
+    ranges, at = {}, 0
+    for t in ShardRunner(paths, work_dir, _keys_shard).tasks():
+        n = np.load(t.output_path(".keys.npy"), mmap_mode="r").shape[0]
+        ranges[t.input_path] = (at, n)
+        at += n
+    total = np.load(kept_path, mmap_mode="r").shape[0]
+    if total != at:
+        raise ValueError(f"{kept_path}: {total} documents, the key files {at} (rerun --stage "
+                         "cluster)")
+    st = os.stat(kept_path)  # in the fingerprint: a new kept set redoes every output
+    opts = {"work_dir": os.path.abspath(work_dir), "ranges": ranges, "text_key": cfg.text_key,
+            "kept": [st.st_size, st.st_mtime_ns]}
+    return run_shards(paths, out_dir, _write_shard, desc="dedup: writing", resume=resume,
+                      options=opts, on_error=on_error, progress=progress, overwrite=overwrite,
+                      shard=shard)
+
+
+def dedup_keys(paths: Sequence[str], work_dir: str, cfg: DedupConfig, *, workers: int = 1,
+               on_error: str = "fail", resume: bool = True, progress: bool = True,
+               shard=None) -> dict:
+    """Stage 1 (pass 1): key columns of ``paths`` (the whole sorted list; ``shard`` picks this
+    task's part) into ``work_dir``; returns the summary."""
     procs = max(1, min(workers, len(paths)))
     if cfg.threads <= 0:  # spread the cores: processes over files, C++ threads inside each
         cfg = dataclasses.replace(cfg, threads=max(1, workers // procs))
     # cfg (threads included) is the shards' resume fingerprint: a rerun with another --workers
     # recomputes the keys (cheap next to reading the corpus) rather than trusting stale ones.
-    pass1 = run_shards(paths, work_dir, _keys_shard, workers=procs, desc="dedup: hashing",
-                       resume=resume, options=cfg, on_error=on_error, progress=progress,
-                       overwrite=True)  # the work folder is this tool's own
+    return run_shards(paths, work_dir, _keys_shard, workers=procs, desc="dedup: hashing",
+                      resume=resume, options=cfg, on_error=on_error, progress=progress,
+                      overwrite=True, shard=shard)  # the work folder is this tool's own
 
-    tasks = ShardRunner(paths, work_dir, _keys_shard).tasks()
-    keys = np.concatenate([np.load(t.output_path(".keys.npy")) for t in tasks])
+
+def dedup_files(inputs: Sequence[str] | str, output: Optional[str],
+                clusters_path: Optional[str] = None,
+                cfg: Optional[DedupConfig] = None, *, workers: int = 1, on_error: str = "fail",
+                work_dir: Optional[str] = None, resume: bool = True,
+                progress: bool = True, overwrite: bool = False, stage: str = "all",
+                shard=None) -> dict:
+    """Deduplicate JSONL files (together: cross-dataset) into ``output``.
+
+    ``clusters_path`` receives one JSON line per dropped record: ``{"id", "kept"}`` (ids are the
+    records' ``id`` or ``path:line``). Returns the summary dict (docs_in, docs_out, duplicates,
+    clusters, duplicates_by_mode, bytes_in, bytes_out, seconds, errors).
+
+    ``stage``: ``"all"`` (both passes), ``"keys"`` (pass 1 only, for ``shard``'s part of the
+    inputs; ``output`` may be None when ``work_dir`` is given) or ``"cluster"`` (from the key
+    files of every input in ``work_dir`` only, then pass 2 into ``output``, if given; it
+    always saves the kept set as ``work_dir/kept.npy``) or ``"write"`` (``output`` is a folder:
+    each input's kept records into a file of its name, for ``shard``'s part of the inputs; the
+    files concatenated in input order are ``stage="all"``'s output).
+    """
+    cfg = cfg or DedupConfig()
+    if stage not in ("all", "keys", "cluster", "write"):
+        raise ValueError(f"--stage: must be all, keys, cluster or write, got {stage!r}")
+    if shard is not None and shard.sharded and stage not in ("keys", "write"):
+        raise ValueError(f"--num-shards {shard.count}: --stage {stage} does not run sharded "
+                         "(stage 2 clusters the whole corpus on one node)")
+    t0 = time.time()
+    paths = expand_inputs(inputs)
+    if output is None and (stage not in ("keys", "cluster") or work_dir is None):
+        raise ValueError(f"--output: required with --stage {stage} (or --work-dir for "
+                         "--stage keys / cluster)")
+    work_dir = work_dir or (os.path.abspath(output) + ".work")
+    refuse_overlap([work_dir], paths, key="--work-dir")
+    if stage == "keys":
+        s = dedup_keys(paths, work_dir, cfg, workers=workers, on_error=on_error, resume=resume,
+                       progress=progress, shard=shard)
+        s.pop("keys_options", None)
+        return s
+    if stage == "write":
+        return _write_stage(paths, output, work_dir, cfg, on_error=on_error, resume=resume,
+                            progress=progress, overwrite=overwrite, shard=shard)
+    if output is not None:
+        refuse_overlap([output], paths, key="--output")
+        check_file_output(output, overwrite=overwrite, key="--output")
+    refuse_overlap([clusters_path] if clusters_path else [], paths, key="--clusters")
+    if clusters_path and (output is None or
+                          os.path.realpath(clusters_path) == os.path.realpath(output)):
+        raise OutputError(f"--clusters {clusters_path}: needs an --output file other than it")
+    if clusters_path:
+        check_file_output(clusters_path, overwrite=overwrite, key="--clusters")
+    if stage == "all":
+        pass1 = dedup_keys(paths, work_dir, cfg, workers=workers, on_error=on_error,
+                           resume=resume, progress=progress)
+        tasks = ShardRunner(paths, work_dir, _keys_shard).tasks()
+        keys = np.concatenate([np.load(t.output_path(".keys.npy")) for t in tasks])
+    else:
+        keys, pass1 = _load_keys(paths, work_dir, cfg)
+    if cfg.threads <= 0:
+        cfg = dataclasses.replace(cfg, threads=max(1, workers))
     roots = cluster(keys, cfg)
     n = len(roots)
     idx = np.arange(n, dtype=np.int64)
     dropped = roots != idx
+    if stage == "cluster":  # the kept set, for the sharded --stage write
+        with atomic_output(os.path.join(work_dir, KEPT_FILE), "wb") as f:
+            np.save(f, ~dropped)
     by_mode = {}
     if cfg.mode == "all":
         for m, sl in mode_columns(cfg).items():
@@ -466,6 +606,13 @@ def dedup_files(inputs: Sequence[str] | str, output: str, clusters_path: Optiona
             by_mode[m] = int((r != idx).sum())
     dup_roots = set(np.unique(roots[dropped]).tolist())
 
+    if output is None:  # stage cluster for a sharded --stage write: the kept set is saved
+        return {"docs_in": int(n), "docs_out": int(n - dropped.sum()),
+                "duplicates": int(dropped.sum()), "clusters": len(dup_roots),
+                "duplicates_by_mode": by_mode, "bytes_in": int(pass1.get("bytes_in", 0)),
+                "mode": cfg.mode, "kept": os.path.join(work_dir, KEPT_FILE),
+                "errors": pass1.get("errors", ErrorStats().as_dict()),
+                "seconds": round(time.time() - t0, 3)}
     # Pass 2: stream again, write kept records and the clusters file.
     kept_ids: dict[int, object] = {}
     i = 0

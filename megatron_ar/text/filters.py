@@ -54,7 +54,11 @@ class FilterRule:
     ``max_percentile`` / ``min_percentile`` (0-100) are bounds relative to the run's inputs
     (one dataset), resolved by :func:`filter_files` in a first pass: ``max_percentile: 95``
     keeps the lowest ``round(0.95 n)`` values (drops the top 5%), ``min_percentile: 10`` drops
-    the lowest ``round(0.10 n)``; documents tied with the boundary value are kept."""
+    the lowest ``round(0.10 n)``; documents tied with the boundary value are kept. A sharded
+    run (``--num-shards``) resolves them over *all* inputs in every task, so each task applies
+    the corpus's bounds (outputs equal the single run's) at the cost of every task reading
+    every input's signals once; at cluster scale, absolute bounds read off
+    ``tools/signal_histogram.py`` avoid that."""
 
     signal: str
     min: Optional[float] = None
@@ -252,7 +256,7 @@ def _filter_outputs(task: ShardTask) -> list:
 
 def filter_files(inputs: Sequence[str], out_dir: str, config: FilterConfig, *, workers: int = 1,
                  on_error: str = "fail", resume: bool = True, progress: bool = True,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, shard=None) -> dict:
     """Filter ``inputs`` into ``out_dir`` (same file names); returns the run summary."""
     if not config.rules:
         raise ValueError("FilterConfig.rules is empty: nothing to filter on")
@@ -261,7 +265,7 @@ def filter_files(inputs: Sequence[str], out_dir: str, config: FilterConfig, *, w
         config, thresholds = _resolve_percentiles(inputs, config, on_error)
     s = run_shards(inputs, out_dir, filter_shard, workers=workers, desc="filter", resume=resume,
                    options=config, on_error=on_error, progress=progress, overwrite=overwrite,
-                   outputs=_filter_outputs)
+                   outputs=_filter_outputs, shard=shard)
     # keep every rule in the report, in rule order, even if no shard saw it fail
     s["removed_by_rule"] = {r.name: s.get("removed_by_rule", {}).get(r.name, 0) for r in config.rules}
     s["fails_by_rule"] = {r.name: s.get("fails_by_rule", {}).get(r.name, 0) for r in config.rules}

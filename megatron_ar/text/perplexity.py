@@ -139,13 +139,13 @@ def perplexity_shard(task: ShardTask) -> dict:
 
 def perplexity_files(inputs: Sequence[str], out_dir: str, config: PerplexityConfig, *,
                      workers: int = 1, on_error: str = "fail", resume: bool = True,
-                     progress: bool = True, overwrite: bool = False) -> dict:
+                     progress: bool = True, overwrite: bool = False, shard=None) -> dict:
     """Score every record of ``inputs`` into ``out_dir`` (same names); returns the summary."""
     config.validate()
     _Scorer(config)  # fails here (bad model file) rather than in a worker
     s = run_shards(inputs, out_dir, perplexity_shard, workers=workers, desc="perplexity",
                    resume=resume, options=config, on_error=on_error, progress=progress,
-                   overwrite=overwrite)
+                   overwrite=overwrite, shard=shard)
     docs = s.get("docs", 0)
     s["geomean_perplexity"] = round(math.exp(s.get("log_ppl_sum", 0.0) / docs), 2) if docs else None
     s["docs_per_s"] = round(docs / max(s["seconds"], 1e-9), 1)

@@ -179,7 +179,7 @@ class Evaluator:
             raise TaskError(f"eval.valid_sets: a validation set has {len(ds)} samples, fewer than "
                             f"micro_batch_size x DP = {per}")
         batches = None
-        if needs_data():
+        if needs_data(state.model):
             r = state.layout.dp_rank
             batches = [collate([sample_to_arrays(ds[m * per + r * s.micro_batch_size + k], state.seq_length)
                                 for k in range(s.micro_batch_size)]) for m in range(n_micro)]
@@ -201,7 +201,7 @@ class Evaluator:
         # Every DP rank runs the same number of micro-batches (padding repeats a request).
         order = mine + [mine[-1] if mine else 0] * (n_micro * mbs - len(mine))
         batches = None
-        if needs_data():
+        if needs_data(state.model):
             batches = [collate([{k: reqs[i][k] for k in ("tokens", "labels", "loss_mask")}
                                 for i in order[m * mbs:(m + 1) * mbs]]) for m in range(n_micro)]
         out = run_schedule(state.model, batches, n_micro, mbs, state.seq_length, forward_only=True,

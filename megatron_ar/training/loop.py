@@ -119,9 +119,16 @@ def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
-def needs_data() -> bool:
+def needs_data(model=None) -> bool:
+    """Whether this rank reads micro-batches: first and last pipeline stages, and every stage of
+    a model whose LASER encoder reads the token ids there (Arkadiko V4-A)."""
     from megatron.core import parallel_state as ps
 
+    if model is not None:
+        from megatron_ar.models.encoder import needs_tokens_on_every_stage
+
+        if needs_tokens_on_every_stage(model):
+            return True
     return ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)
 
 
@@ -145,7 +152,7 @@ def train_step(state: TrainState) -> Dict[str, Any]:
     state.optimizer.zero_grad()
     indices = step_sample_indices(state.consumed_samples, gbs, s.micro_batch_size,
                                   dp, state.layout.dp_rank)
-    batches = microbatches_for(state.data, indices, state.seq_length) if needs_data() else None
+    batches = microbatches_for(state.data, indices, state.seq_length) if needs_data(state.model) else None
     losses = run_schedule(state.model, batches, nmb, s.micro_batch_size, state.seq_length,
                           forward_only=False)
     sums = global_sums(losses)

@@ -10,7 +10,11 @@
 #   netns.sh down PREFIX            removes the namespaces, the bridge and the /etc/hosts lines
 #
 # Only addresses of the project's own namespaces are used (the subnet is private and never
-# routed off the machine). /etc/hosts lines carry a "# megatron_ar-netns PREFIX" tag, so teardown
+# routed off the machine). Each namespace gets a resolv.conf that fails at once
+# (/etc/netns/NS/resolv.conf, bind-mounted by `ip netns exec`): the host's DNS server is not
+# reachable from inside a namespace, and torch's c10d TCPStore reverse-resolves ::1 and
+# v4-mapped peer addresses that /etc/hosts does not list, so every store connection would stall
+# ~10 s (5 s resolver timeout x 2 attempts). A real cluster has DNS. /etc/hosts lines carry a "# megatron_ar-netns PREFIX" tag, so teardown
 # removes exactly what set-up added. Needs root (CAP_NET_ADMIN) and iproute2.
 set -euo pipefail
 cmd=${1:?usage: netns.sh up PREFIX SUBNET N | down PREFIX}
@@ -22,6 +26,7 @@ down() {
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${prefix}[0-9]+$" || true); do
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
+    rm -rf "/etc/netns/${ns}"
   done
   ip link del "${prefix}br" 2>/dev/null || true
   if grep -q -- "$tag" /etc/hosts 2>/dev/null; then
@@ -47,6 +52,8 @@ up() {
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
     ip -n "$ns" route add default via "${subnet}.1"
+    mkdir -p "/etc/netns/${ns}"
+    printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > "/etc/netns/${ns}/resolv.conf"
     printf '%s\t%s %s\n' "${subnet}.$((10 + i))" "$ns" "$tag" >> /etc/hosts
   done
   printf '%s\t%s %s\n' "${subnet}.1" "${prefix}br" "$tag" >> /etc/hosts

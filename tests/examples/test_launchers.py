@@ -42,3 +42,41 @@ def test_sbatch_dry_run_prints_plan():
     assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
     assert refused.stderr.startswith("error: the recipe's inputs: model.tokenizer: ")
     assert "; data.datasets.ar: /data/" in refused.stderr
+
+
+# Standard variables every shell has (not launcher settings).
+_SHELL_VARS = {"PATH", "HOME", "PWD", "TMPDIR", "SECONDS", "RANDOM", "BASH_SOURCE", "PIPESTATUS"}
+
+
+def _documented_variables():
+    """Names in the table at the top of examples/cluster_env.sh (``#   NAME   default   meaning``)."""
+    import re
+
+    names = set()
+    with open(os.path.join(REPO, "examples", "cluster_env.sh"), encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            m = re.match(r"#   ([A-Z][A-Z0-9_]*\*?)\s{2,}\S", line)
+            if m:
+                names.add(m.group(1))
+    return names
+
+
+def test_every_variable_the_examples_read_is_documented():
+    """A variable a script reads from its environment (``${X:-...}``, ``${X:?...}``, ``${X-...}``,
+    or referenced without being assigned in any script of examples/) has a row in the table."""
+    import re
+
+    texts = {p: open(p, encoding="utf-8").read() for p in SCRIPTS}
+    assigned, read = set(), set()
+    for text in texts.values():
+        code = "\n".join(x for x in text.splitlines() if not x.lstrip().startswith("#"))
+        assigned |= set(re.findall(r"(?:^|[\s;(])(?:export\s+|local\s+)?([A-Z][A-Z0-9_]*)=", code, re.M))
+        read |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)(?::?[-?=+])", code))
+        read |= set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", code)) - assigned
+    documented = _documented_variables()
+    assert {"MASTER_ADDR", "NNODES", "ENV_ACTIVATE", "NCCL_IB_GID_INDEX"} <= documented  # the parser works
+    missing = sorted(v for v in read - _SHELL_VARS - documented
+                     if not any(d.endswith("*") and v.startswith(d[:-1]) for d in documented))
+    assert not missing, f"read by examples/ scripts but not in examples/cluster_env.sh's table: {missing}"

@@ -40,6 +40,20 @@ def test_param_counts_match_fanar_table6(preset, total, embedding, non_embedding
     assert counts["total"] == counts["embedding"] + counts["non_embedding"]
 
 
+@pytest.mark.parametrize("preset,total", [
+    ("arkadiko-v4a", 708e6), ("arkadiko-v4b", 592e6), ("arkadiko-v4c", 593e6),
+])
+def test_param_counts_match_arkadiko_card(preset, total):
+    """Arkadiko V4 card, ablation table "Params" (trained parameters; the frozen LASER2
+    encoder is reported apart). A only matches with MHA cross-attention (megatron-core has no
+    GQA cross-attention; with 2 KV heads A would be ~655M)."""
+    counts = param_counts(get_preset(preset))
+    assert abs(counts["total"] - total) / total <= 0.005, (counts["total"], total)
+    frozen = counts["laser_encoder_frozen"]
+    assert frozen == (0 if preset == "arkadiko-v4b" else 50004 * 320 + 2 * (
+        4 * 512 * (320 + 512 + 2) + 4 * 4 * 512 * (1024 + 512 + 2)))
+
+
 def test_padding_reported_separately():
     counts = param_counts(get_preset("arkadiko-v4b"), tp=2)
     pad = counts["megatron_padded"]
@@ -68,7 +82,8 @@ def test_info_cli_unknown_preset(capsys):
 def test_presets_registry():
     names = set(list_presets())
     assert {"fanar-star-7b", "gemma2-9b", "fanar-prime-9b", "autoresearch-540m",
-            "arkadiko-v4b", "tiny-llama", "tiny-gemma2", "tiny-autoresearch"} <= names
+            "arkadiko-v4b", "arkadiko-v4a", "arkadiko-v4c", "tiny-llama", "tiny-gemma2",
+            "tiny-autoresearch", "tiny-arkadiko-v4a", "tiny-arkadiko-v4c"} <= names
     a, b = get_preset("tiny-llama"), get_preset("tiny-llama")
     a.num_layers = 99
     assert b.num_layers == 4  # fresh instances
@@ -80,6 +95,12 @@ def test_presets_registry():
     assert (ark.num_layers, ark.hidden_size, ark.num_attention_heads, ark.groups, ark.head_dim,
             ark.ffn_hidden_size, ark.tie_embeddings, ark.vocab_size) == (
         28, 1024, 16, 2, 64, 5504, True, 50004)
+    # V4-A / V4-C: B's decoder + LASER2 (5-layer BiLSTM, 512 per direction, embedding 320)
+    for name, mode in (("arkadiko-v4a", "cross_attention"), ("arkadiko-v4c", "input")):
+        v = get_preset(name).to_dict()
+        assert {k for k in v if v[k] != ark.to_dict()[k]} == {"name", "laser_mode"}
+        assert (v["laser_mode"], v["laser_layers"], v["laser_hidden"],
+                v["laser_embed_dim"]) == (mode, 5, 512, 320)
     with pytest.raises(KeyError, match="available"):
         get_preset("gemma3")
 
@@ -88,10 +109,11 @@ def test_presets_registry():
 # listed here (stated independently of megatron_ar.models.presets, so a change there must be
 # made here too, deliberately).
 TINY_PARENTS = {"tiny-llama": "fanar-star-7b", "tiny-gemma2": "fanar-prime-9b",
-                "tiny-autoresearch": "autoresearch-540m", "tiny-arkadiko": "arkadiko-v4b"}
+                "tiny-autoresearch": "autoresearch-540m", "tiny-arkadiko": "arkadiko-v4b",
+                "tiny-arkadiko-v4a": "arkadiko-v4a", "tiny-arkadiko-v4c": "arkadiko-v4c"}
 TINY_SIZE_FIELDS = {"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                     "num_query_groups", "kv_channels", "vocab_size", "seq_length",
-                    "sliding_window"}
+                    "sliding_window", "laser_layers", "laser_hidden", "laser_embed_dim"}
 TINY_SCALE_DEPENDENT = {"tiny-gemma2": {"query_pre_attn_scalar", "attn_logit_softcap",
                                         "final_logit_softcap"}}
 

@@ -100,6 +100,8 @@ def arena(tmp_path_factory, bukhari_records):
     with open(distcp, "r+b") as f:
         f.truncate(os.path.getsize(distcp) // 2)
     (a / "notarun").mkdir()
+    (a / "ann_bad.jsonl").write_text('{"text": "a b", "score": 1}\n{"text": "c d", "score": '
+                                     '"high"}\n', encoding="utf-8")
     # outputs of earlier runs: made with default options, and a file no tool wrote
     from megatron_ar.text.annotate import normalize_files
     from megatron_ar.text.histogram import signal_histograms
@@ -148,6 +150,20 @@ CASES = [
      "--model {a}/nomodel.arpa --no-progress", "PerplexityConfig.model: "),
     ("perplexity-bad-signal", "perplexity", "--input {a}/good.jsonl --output-dir {o}/p "
      "--model {a}/good.jsonl --signal ppl --no-progress", "PerplexityConfig.signal"),
+    ("classifier-bad-score", "quality_classifier", "train --annotations {a}/ann_bad.jsonl "
+     "--output {o}/m", "ann_bad.jsonl:2: bad_type: 'score'"),
+    ("classifier-no-score", "quality_classifier", "train --annotations {a}/good.jsonl "
+     "--output {o}/m", "good.jsonl:1: missing_key"),
+    ("classifier-output-holds-input", "quality_classifier", "train --annotations "
+     "{a}/ann_bad.jsonl --output {a}", "contains the input"),
+    ("classifier-hf-no-encoder", "quality_classifier", "train --annotations {a}/ann_bad.jsonl "
+     "--output {o}/m --backend hf", "TrainConfig.encoder"),
+    ("classifier-missing-model", "quality_classifier", "score --model {a}/nomodel --input "
+     "{a}/good.jsonl --output-dir {o}/s --no-progress", "ScoreConfig.model: "),
+    ("classifier-not-a-model", "quality_classifier", "score --model {a}/hf --input "
+     "{a}/good.jsonl --output-dir {o}/s --no-progress", "no classifier.json"),
+    ("classifier-bad-prefix", "quality_classifier", "score --model {a}/hf --input "
+     "{a}/good.jsonl --output-dir {o}/s --prefix edu --no-progress", "ScoreConfig.prefix: must start"),
     ("filter-pct-out-of-range", "filter_data", "--input {a}/good.jsonl --output-dir {o}/f "
      "--rules {a}/rules_pct.yaml --no-progress", "max_percentile must be in [0, 100]"),
     ("signals-trunc-zst", "quality_signals", "--input {a}/trunc.jsonl.zst --output-dir {o}/q "

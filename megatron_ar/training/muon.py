@@ -28,6 +28,8 @@ Parameter groups (by rule, so per-layer scalars added later land in the right gr
   ``muon_scalar_lr * 0.01``, betas (0.8, 0.95), wd 0.05 -- nanochat's ``resid_lambdas`` group,
   the nearest analogue of per-channel gains initialised at 1 (nanochat's norms have no weights).
   eps is ``optimizer.adam_eps`` (nanochat: 1e-10); ``adam_beta1/2`` are not read with Muon.
+  Each group's weight decay is its ``wd_mult`` (over a base of 1): megatron-core matches saved
+  param groups to live ones by ``wd_mult``/``lr_mult``/..., so the groups must differ there.
 - LR fields carry nanochat's ``base_train.py`` flag values (0.02 / 0.3 / 0.008 / 0.5); the
   ``(hidden/768)^-0.5`` and ``x0.01`` factors of ``setup_optimizer`` are applied here. Every
   group follows the one megatron-core schedule: its ``max_lr`` is the value above and its
@@ -182,15 +184,18 @@ class Muon(torch.optim.Optimizer):
     """nanochat's Muon step for 2-D parameters, TP-aware (see the module docstring).
 
     Group keys: ``lr``, ``weight_decay`` (cautious, scaled by the shape-scaled LR), ``momentum``,
-    ``beta2``, ``ns_steps``, ``muon_split`` (None, ``("qkv", q_rows, kv_rows)`` or ``("glu",)``).
-    State per parameter: ``momentum_buffer`` and ``second_momentum_buffer`` (parameter-shaped)."""
+    ``beta2``, ``ns_steps``. A fused weight carries ``param.muon_split``: ``("qkv", q_rows,
+    kv_rows)`` or ``("glu",)`` (an attribute, not a group key: megatron-core matches saved param
+    groups to live ones by ``wd_mult``/``lr_mult``/..., so groups that differ only in a key of
+    ours would be confused on load). State per parameter: ``momentum_buffer`` and
+    ``second_momentum_buffer`` (parameter-shaped)."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, beta2: float = 0.9,
                  ns_steps: int = 5, weight_decay: float = 0.0, tp_group=None):
         if not 1 <= ns_steps <= len(POLAR_EXPRESS_COEFFS):
             raise ValueError(f"ns_steps must be in 1..{len(POLAR_EXPRESS_COEFFS)}, got {ns_steps}")
         defaults = dict(lr=lr, momentum=momentum, beta2=beta2, ns_steps=ns_steps,
-                        weight_decay=weight_decay, muon_split=None)
+                        weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.tp_group = tp_group
 
@@ -232,7 +237,7 @@ class Muon(torch.optim.Optimizer):
         pdim, tp = self._tp(p)
         update = torch.empty_like(g)
         scale = torch.empty_like(g[:, :1])  # the shape-scaled LR factor of each row's sub-matrix
-        for rows in sub_rows(group["muon_split"], g.size(0), g.device):
+        for rows in sub_rows(getattr(p, "muon_split", None), g.size(0), g.device):
             gl = g if rows is None else g.index_select(0, rows)
             sl = second if rows is None else second.index_select(0, rows)
             full = gl if tp is None else _gather(gl, pdim, tp)
@@ -294,9 +299,13 @@ def adamw_overrides(o, hidden_size: int) -> Dict:
     for role, (betas, wd) in ADAMW_GROUPS.items():
         pred = ParamWithNamePredicate(name=f"muon_adamw_{role}",
                                       fn=lambda p, n, role=role: param_role(n, p) == role)
+        # Weight decay as wd_mult over a per-group base of 1: megatron-core matches saved param
+        # groups to live ones by (wd_mult, lr_mult, is_expert_parallel, is_decoupled_lr)
+        # (optimizer.py param_group_identifier_keys), so the groups must differ in one of them.
         out[ParamKey(with_name_predicate=pred)] = {
-            "max_lr": lrs[role], "min_lr": lrs[role] * frac, "start_wd": wd, "end_wd": wd,
-            "betas": betas}
+            "max_lr": lrs[role], "min_lr": lrs[role] * frac, "start_wd": 1.0, "end_wd": 1.0,
+            "wd_mult": wd, "betas": betas}
+    assert len({wd for _, wd in ADAMW_GROUPS.values()}) == len(ADAMW_GROUPS)
     return out
 
 
@@ -311,38 +320,29 @@ def build_muon_optimizer(cfg, model_chunks, megatron_config, use_gloo_process_gr
 
     o = cfg.optimizer
     mconf = get_model_config(model_chunks[0])
-    muon_params: Dict[Optional[tuple], list] = {None: [], ("qkv",): [], ("glu",): []}
-    splits: Dict[Optional[tuple], Optional[tuple]] = {}
-    others = []
+    muon_list = []
     for chunk in model_chunks:
         for name, p in chunk.named_parameters():
-            if not p.requires_grad:
-                continue
-            if param_role(name, p) != "muon":
-                others.append(p)
-                continue
-            split = _muon_split(name, mconf)
-            key = None if split is None else split[:1]
-            if key in splits and splits[key] != split:
-                raise ValueError(f"{name}: differing fused layouts {splits[key]} / {split}")
-            splits[key] = split
-            muon_params[key].append(p)
-    # Fixed group list (possibly empty groups), identical on every rank: megatron-core's
-    # checkpointing expects the same param groups everywhere (pipeline stages differ in params).
-    groups = []
-    for key, params in muon_params.items():
-        groups.append({"params": params, "muon_split": splits.get(key), "max_lr": o.lr,
-                       "min_lr": o.min_lr, "wd_mult": 1.0, "lr_mult": 1.0,
-                       "is_decoupled_lr": False, "default_config": True})
-    muon = Muon(groups, lr=o.lr, momentum=o.muon_momentum, beta2=o.muon_beta2,
+            if p.requires_grad and param_role(name, p) == "muon":
+                p.muon_split = _muon_split(name, mconf)
+                muon_list.append(p)
+    # One group (also when empty on this rank: megatron-core's checkpointing expects the same
+    # param groups on every rank, and pipeline stages differ in parameters).
+    group = {"params": muon_list, "max_lr": o.lr, "min_lr": o.min_lr, "wd_mult": 1.0,
+             "lr_mult": 1.0, "is_expert_parallel": False, "is_decoupled_lr": False,
+             "default_config": True}
+    muon = Muon([group], lr=o.lr, momentum=o.muon_momentum, beta2=o.muon_beta2,
                 ns_steps=o.muon_ns_steps, weight_decay=o.weight_decay,
                 tp_group=parallel_state.get_tensor_model_parallel_group())
     if megatron_config.bf16:
         wrapped = Float16OptimizerWithFloat16Params(muon, megatron_config, None, Muon.init_state)
+        # the fp32 main copies replace the model params in the group: give them the split too
+        for model_ps, main_ps in zip(wrapped.float16_groups, wrapped.fp32_from_float16_groups):
+            for mp, fp in zip(model_ps, main_ps):
+                fp.muon_split = getattr(mp, "muon_split", None)
     else:
         wrapped = FP32Optimizer(muon, megatron_config, Muon.init_state)
 
-    muon_list = [p for ps in muon_params.values() for p in ps]
     for p in muon_list:
         p.requires_grad_(False)
     try:

@@ -211,7 +211,9 @@ def parity_suite(payload) -> dict:
             got = gather_full_state_dict(chunks, mc)
             per = {k: float((got[k] - ref_after[s][k]).abs().max()) for k in ref_after[s]}
             moved = {k: float((ref_after[s][k] - payload["state"][k]).abs().max()) for k in per}
+            muon = [v for k, v in per.items() if _role(k, got[k]) == "muon"]
             diffs.append({"max": max(per.values()), "worst": max(per, key=per.get),
+                          "max_muon": max(muon), "n_muon": len(muon),
                           "min_update": min(moved.values()), "n": len(per)})
         groups = [(type(sub.optimizer).__name__, sum(len(g["params"]) for g in sub.optimizer.param_groups))
                   for sub in optimizer.chained_optimizers]

@@ -14,7 +14,8 @@ matrix, is off by the size of an update (~lr = 1e-2).
 Resume (one launch of 2 ranks, TP=2 + SP, real data and training path, 4 steps): uninterrupted
 run A vs run B stopped by ``exit_interval: 2`` (checkpoint at 2, with Muon's momentum and
 NorMuon buffers through megatron-core's sharded optimizer state) and resumed to 4: steps 2-3
-loss/grad norm and final parameters bit-identical.
+loss/grad norm and final parameters bit-identical. Control C resumes B's step-2 checkpoint with
+``--no-load-optim`` and must differ (so the test sees a lost optimizer state).
 """
 import os
 
@@ -56,7 +57,8 @@ def test_muon_step_matches_single_process_nanochat_reference(parity, layout):
     for rank, res in enumerate(parity):
         r = res[layout]
         print(f"\n{layout} rank {rank}: " + "; ".join(
-            f"step {i}: max |diff| {d['max']:.2e} ({d['worst']}), smallest update {d['min_update']:.2e}"
+            f"step {i}: max |diff| {d['max']:.2e} ({d['worst']}), Muon params {d['max_muon']:.2e} "
+            f"({d['n_muon']} tensors), smallest update {d['min_update']:.2e}"
             for i, d in enumerate(r["steps"])) + f"; sub-optimizers {r['subs']}")
         assert r["subs"][0][0] == "Muon" and r["subs"][0][1] > 0
         for d in r["steps"]:
@@ -73,9 +75,13 @@ def resume(tmp_path_factory, train_data):
               "--lr-warmup-iters", "1", "--lr-decay-style", "cosine", "--lr-cooldown-iters", "0",
               "--adam-eps", "1e-10", "--eval-interval", "1000", "--save-interval", "1000"]
     runs = []
+    # C (control): B's step-2 checkpoint without the optimizer state (fresh Muon momentum and
+    # NorMuon statistics, fresh Adam moments): must NOT reproduce A.
+    control = ["--load", str(root / "B" / "checkpoints"), "--save", str(root / "C" / "checkpoints"),
+               "--no-load-optim"]
     for name, extra, save in (("A", [], False), ("B1", ["--exit-interval", "2"], True),
-                              ("B2", [], True)):
-        run_dir = str(root / ("A" if name == "A" else "B"))
+                              ("C", control, False), ("B2", [], True)):
+        run_dir = str(root / {"A": "A", "C": "C"}.get(name, "B"))
         recipe = write_recipe(str(root / f"{name}.yaml"), train_data, run_dir, train_iters=4)
         runs.append({"name": name, "recipe": recipe, "overrides": common + extra, "save": save})
     out = run_multiprocess(workers.resume_suite, 2, runs, timeout=600)
@@ -97,3 +103,9 @@ def test_muon_resume_is_bit_exact(resume):
               f"|A - B| = {diff}; smallest per-tensor move over steps 2-3 = {moved:.2e}")
         assert diff == 0.0
         assert moved > 0.0
+        c = res["C"]
+        c_diff = max(float((c["params"][k] - a["params"][k]).abs().max()) for k in a["params"])
+        print(f"control without optimizer state: step 3 loss {c['steps'][3][0]} vs {a['steps'][3][0]}, "
+              f"final params max |A - C| = {c_diff:.2e}")
+        assert sorted(c["steps"]) == [2, 3] and c["steps"][2][0] == a["steps"][2][0]
+        assert c["steps"][3] != a["steps"][3] and c_diff > 1e-4

@@ -19,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run_ours(p0, grads, split=None, **hp):
     p = torch.nn.Parameter(p0.clone())
-    opt = Muon([{"params": [p], "muon_split": split}], **hp)
+    p.muon_split = split
+    opt = Muon([p], **hp)
     for g in grads:
         p.grad = g.clone()
         opt.step()

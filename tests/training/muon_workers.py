@@ -218,6 +218,35 @@ def parity_suite(payload) -> dict:
         groups = [(type(sub.optimizer).__name__, sum(len(g["params"]) for g in sub.optimizer.param_groups))
                   for sub in optimizer.chained_optimizers]
         res[layout] = {"steps": diffs, "subs": groups}
+
+    # bf16 at TP=2: megatron-core's Float16OptimizerWithFloat16Params around Muon (fp32 main
+    # copies). One step against the fp32 reference, Muon parameters only (bf16 forward/backward
+    # and bf16 weights: a looser, measured bound).
+    from megatron_ar.models.builder import unwrap
+    from megatron_ar.training.builder import build_model_and_optimizer
+
+    init_distributed(tp=2, pp=1, seed=1234)
+    cfg = _train_config(o, 2)
+    cfg.optimizer.bf16 = True
+    model, optimizer = build_model_and_optimizer(cfg, mc, use_gloo_process_groups=False)
+    load_full_state_dict(unwrap(model), payload["state"], mc)
+    optimizer.reload_model_params()
+    OptimizerParamScheduler(optimizer, init_lr=o["lr"], max_lr=o["lr"], min_lr=o["lr"],
+                            lr_warmup_steps=0, lr_decay_steps=10, lr_decay_style="constant",
+                            start_wd=o["weight_decay"], end_wd=o["weight_decay"],
+                            wd_incr_steps=10, wd_incr_style="constant")
+    muon_opt = optimizer.chained_optimizers[0]
+    splits = [(getattr(mp, "muon_split", None), getattr(fp, "muon_split", None))
+              for mg, fg in zip(muon_opt.float16_groups, muon_opt.fp32_from_float16_groups)
+              for mp, fp in zip(mg, fg)]
+    optimizer.zero_grad()
+    _grads_of(model, mc, mbs, ddp=True)
+    ok, _, _ = optimizer.step()
+    got = gather_full_state_dict(model, mc)
+    per = {k: float((got[k] - ref_after[0][k]).abs().max()) for k in got
+           if _role(k, got[k]) == "muon"}
+    res["bf16_tp2"] = {"ok": bool(ok), "max_muon": max(per.values()), "n_muon": len(per),
+                       "wrapper": type(muon_opt).__name__, "splits": splits}
     return res
 
 

@@ -53,16 +53,20 @@ Refused, with the config field named (``training.config.validate``): the distrib
 arbitrary piece of a matrix; supporting it means gathering whole matrices per step, not done
 here) and ``use_precision_aware_optimizer``.
 
-Why not megatron-core's ``megatron/core/optimizer/muon.py`` (0.16.1): its ``TensorParallelMuon``
-subclasses ``emerging_optimizers``' ``OrthogonalizedOptimizer`` and calls its ``newton_schulz_tp``
-(not installable here: only a placeholder exists); it offers classic Newton-Schulz coefficient
-sets, a spectral/shape scale mode, optional QKV splitting and blockwise/duplicated/distributed TP
-modes, refuses the distributed optimizer and fp16, and puts every non-Muon parameter into ONE
-AdamW config (no per-group LR/betas); none of MuonEq, Polar Express, Muon+, NorMuon or cautious
-weight decay. We follow its construction (freeze the other parameters, wrap the inner optimizer
-in megatron-core's ``FP32Optimizer`` / ``Float16OptimizerWithFloat16Params``, build AdamW with
-``get_megatron_optimizer`` and chain them in ``ChainedOptimizer``), so gradient clipping,
-bf16 master weights and checkpointing are megatron-core's.
+Why not megatron-core's ``megatron/core/optimizer/muon.py`` (read in 0.16.1): its
+``TensorParallelMuon`` subclasses ``emerging_optimizers``' ``OrthogonalizedOptimizer`` and calls
+its ``newton_schulz_tp`` / ``get_muon_scale_factor``; that package is not installable here (only a
+placeholder), so ``get_megatron_muon_optimizer`` stops at ``assert HAVE_EMERGING_OPTIMIZERS``.
+Its options: momentum (Nesterov or not), decoupled or L2 weight decay, ``num_ns_steps`` with a
+``coefficient_type`` (default "quintic") and a ``scale_mode`` (default "spectral") defined inside
+that package, optional QKV splitting, TP modes blockwise / duplicated / distributed. It raises on
+the distributed optimizer and on fp16, and sends every non-2-D / embedding / output parameter to
+one ``get_megatron_optimizer`` AdamW call. Nothing there corresponds to MuonEq, the Polar Express
+coefficients, Muon+, NorMuon or cautious weight decay. We follow its construction (freeze the
+other parameters, wrap the inner optimizer in megatron-core's ``FP32Optimizer`` /
+``Float16OptimizerWithFloat16Params``, build AdamW with ``get_megatron_optimizer`` and chain both
+in ``ChainedOptimizer``), so gradient clipping, bf16 master weights and checkpointing are
+megatron-core's.
 
 Deviations from nanochat, on purpose
 - fp32 arithmetic throughout (nanochat runs the polar iteration in bf16 on GPU for speed).
@@ -79,7 +83,6 @@ Deviations from nanochat, on purpose
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

@@ -74,10 +74,10 @@ class ParallelSection:
 
 @dataclass
 class OptimizerSection:
-    """AdamW/SGD hyper-parameters, precision (bf16, fp8 through Transformer Engine), gradient
+    """AdamW/SGD/Muon hyper-parameters, precision (bf16, fp8 through Transformer Engine), gradient
     reduce dtype and the precision-aware optimizer's state dtypes (Megatron-LM names)."""
 
-    optimizer: str = "adam"  # AdamW (decoupled weight decay), as Fanar Table 7
+    optimizer: str = "adam"  # adam (AdamW, as Fanar Table 7) | sgd | muon
     lr: float = 3e-4
     min_lr: float = 3e-5
     weight_decay: float = 0.1
@@ -103,6 +103,16 @@ class OptimizerSection:
     use_precision_aware_optimizer: bool = False
     exp_avg_dtype: str = "fp32"
     exp_avg_sq_dtype: str = "fp32"
+    # optimizer: muon (megatron_ar.training.muon, nanochat's MuonAdamW): Muon for 2-D hidden
+    # matrices with lr/min_lr and weight_decay (cautious); AdamW for embeddings, the output layer
+    # and 1-D params. The three AdamW LRs are nanochat's base_train flags; the (hidden/768)^-0.5
+    # (embedding, unembedding) and x0.01 (scalars) factors are applied by the builder.
+    muon_momentum: float = 0.95
+    muon_beta2: float = 0.9  # NorMuon second-moment EMA
+    muon_ns_steps: int = 5  # Polar Express iterations (1..5)
+    muon_embedding_lr: float = 0.3
+    muon_unembedding_lr: float = 0.008
+    muon_scalar_lr: float = 0.5
 
 
 @dataclass
@@ -465,7 +475,19 @@ def validate(cfg: TrainConfig, where: Optional[_Where] = None) -> None:
         need(False, f"parallel.{key}", msg)
     need(p.recompute_granularity in (None, "full", "selective"), "parallel.recompute_granularity",
          "must be null, 'full' or 'selective'")
-    need(o.optimizer in ("adam", "sgd"), "optimizer.optimizer", "must be 'adam' or 'sgd'")
+    need(o.optimizer in ("adam", "sgd", "muon"), "optimizer.optimizer", "must be 'adam', 'sgd' or 'muon'")
+    if o.optimizer == "muon":
+        need(not p.use_distributed_optimizer, "parallel.use_distributed_optimizer",
+             "optimizer: muon needs whole matrices on every rank; the distributed optimizer shards "
+             "them across data-parallel ranks (set use_distributed_optimizer: false)")
+        need(not o.use_precision_aware_optimizer, "optimizer.use_precision_aware_optimizer",
+             "not supported with optimizer: muon")
+        need(0 <= o.muon_momentum < 1, "optimizer.muon_momentum", f"must be in [0, 1), got {o.muon_momentum}")
+        need(0 <= o.muon_beta2 < 1, "optimizer.muon_beta2", f"must be in [0, 1), got {o.muon_beta2}")
+        need(1 <= o.muon_ns_steps <= 5, "optimizer.muon_ns_steps",
+             f"must be in 1..5 (Polar Express has 5 coefficient sets), got {o.muon_ns_steps}")
+        for k in ("muon_embedding_lr", "muon_unembedding_lr", "muon_scalar_lr"):
+            need(getattr(o, k) > 0, f"optimizer.{k}", f"must be > 0, got {getattr(o, k)}")
     need(o.lr > 0, "optimizer.lr", f"must be > 0, got {o.lr}")
     need(0 <= o.min_lr <= o.lr, "optimizer.min_lr", f"must be in [0, lr={o.lr}], got {o.min_lr}")
     need(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")

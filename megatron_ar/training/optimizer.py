@@ -3,6 +3,8 @@
 Design choices
 - The optimizer is megatron-core's ``get_megatron_optimizer`` (Adam with decoupled weight decay =
   AdamW, grad clipping, bf16 main params, the distributed optimizer); nothing is re-implemented.
+  ``optimizer: muon`` (nanochat's Muon + AdamW, :mod:`megatron_ar.training.muon`) adds our Muon
+  inner optimizer in megatron-core's wrappers, chained with megatron-core's AdamW.
 - The schedule is megatron-core's ``OptimizerParamScheduler`` (linear warmup, constant / linear /
   cosine / WSD / inverse-sqrt decay). Fanar's pretraining schedule (Fanar report, Sec. 4, Table 7):
   warmup -> cosine to ``min_lr`` -> a *linear cool-down to zero* over the last phase, is not one
@@ -99,7 +101,8 @@ def optimizer_config(cfg: TrainConfig):
 
     o, p = cfg.optimizer, cfg.parallel
     kwargs = dict(
-        optimizer=o.optimizer,
+        # muon: megatron-core builds the AdamW part (megatron_ar.training.muon)
+        optimizer="adam" if o.optimizer == "muon" else o.optimizer,
         lr=o.lr,
         min_lr=o.min_lr,
         weight_decay=o.weight_decay,
@@ -138,5 +141,9 @@ def build_optimizer(cfg: TrainConfig, model_chunks, use_gloo_process_groups: Opt
 
     if use_gloo_process_groups is None:
         use_gloo_process_groups = torch.cuda.is_available()
+    if cfg.optimizer.optimizer == "muon":
+        from megatron_ar.training.muon import build_muon_optimizer
+
+        return build_muon_optimizer(cfg, model_chunks, optimizer_config(cfg), use_gloo_process_groups)
     return get_megatron_optimizer(optimizer_config(cfg), model_chunks,
                                   use_gloo_process_groups=use_gloo_process_groups)

@@ -503,7 +503,10 @@ def _optimizer_summary(cfg: TrainConfig) -> Dict[str, Any]:
             "min_lr": o.min_lr, "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2,
             "adam_eps": o.adam_eps, "weight_decay": o.weight_decay, "clip_grad": o.clip_grad,
             "bf16": o.bf16, "grad_reduce_dtype": "fp32" if o.grad_reduce_in_fp32 or not o.bf16 else "bf16",
-            "optimizer_state_dtype": (o.exp_avg_dtype if o.use_precision_aware_optimizer else "fp32")}
+            "optimizer_state_dtype": (o.exp_avg_dtype if o.use_precision_aware_optimizer else "fp32"),
+            **({"muon": {k: getattr(o, f"muon_{k}") for k in (
+                "momentum", "beta2", "ns_steps", "embedding_lr", "unembedding_lr", "scalar_lr")}}
+               if o.optimizer == "muon" else {})}
 
 
 def _attention(mc) -> Dict[str, str]:
@@ -539,8 +542,12 @@ def format_plan(pl: Dict[str, Any]) -> str:
     ]
     if "optimizer" in pl:
         o = pl["optimizer"]
-        lines.append(f"optimizer: {o['optimizer']} lr {o['lr']:g} -> {o['min_lr']:g}, betas "
-                     f"({o['adam_beta1']:g}, {o['adam_beta2']:g}), eps {o['adam_eps']:g}, weight decay "
+        m = o.get("muon")
+        betas = (f"Muon momentum {m['momentum']:g} (NorMuon beta2 {m['beta2']:g}, {m['ns_steps']} "
+                 f"Polar Express steps); AdamW LRs embedding {m['embedding_lr']:g} / unembedding "
+                 f"{m['unembedding_lr']:g} / scalars {m['scalar_lr']:g} (nanochat flags)" if m else
+                 f"betas ({o['adam_beta1']:g}, {o['adam_beta2']:g})")
+        lines.append(f"optimizer: {o['optimizer']} lr {o['lr']:g} -> {o['min_lr']:g}, {betas}, eps {o['adam_eps']:g}, weight decay "
                      f"{o['weight_decay']:g}, clip {o['clip_grad']:g}; {'bf16' if o['bf16'] else 'fp32'} "
                      f"training, gradient reduce in {o['grad_reduce_dtype']}, optimizer state in "
                      f"{o['optimizer_state_dtype']}")

@@ -38,6 +38,8 @@ ATTENTION_BACKENDS = ("auto", "unfused", "sdpa", "flex", "te")
 #: model.fused_kernels: the csrc/ kernels (fused cross-entropy, fused RMSNorm); see
 #: megatron_ar.kernels.use_fused.
 FUSED_KERNELS = ("auto", "on", "off")
+#: model.init: megatron-core's normal init, or nanochat's (megatron_ar.models.nanochat).
+INITS = ("megatron", "nanochat")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,11 @@ class ModelConfig:
         that leaves the math and the checkpoint unchanged).
     fused_kernels: the csrc/ kernels (``auto``: on a GPU when built; ``on``/``off``).
     hf_extra: HF-only config keys carried through conversion unchanged (token ids).
+    value_embeddings, residual_scalars, smear, backout, qk_scale, window_pattern, logits_fp32,
+        init: nanochat's GPT options, documented in :mod:`megatron_ar.models.nanochat`
+        (``window_pattern``: ``S``/``L`` tiled over layers, last layer ``L``, ``S`` layers use
+        ``sliding_window``; ``init``: ``megatron`` (megatron-core's normal init with
+        ``init_method_std``) or ``nanochat``).
     """
 
     num_layers: int
@@ -107,6 +114,15 @@ class ModelConfig:
     attention_backend: str = "auto"
     fused_kernels: str = "auto"
     hf_extra: Dict[str, Any] = field(default_factory=dict)
+    # nanochat GPT options (megatron_ar.models.nanochat)
+    value_embeddings: bool = False
+    residual_scalars: bool = False
+    smear: bool = False
+    backout: bool = False
+    qk_scale: Optional[float] = None
+    window_pattern: Optional[str] = None
+    logits_fp32: bool = False
+    init: str = "megatron"
 
     def __post_init__(self):
         self.validate()
@@ -157,6 +173,24 @@ class ModelConfig:
         if self.embedding_norm and self.norm == "rmsnorm_one_plus":
             self._fail("embedding_norm", "is parameter-free RMSNorm; combine it with norm="
                        "'rmsnorm' or 'rmsnorm_noparam'")
+        if self.qk_scale is not None:
+            if not (isinstance(self.qk_scale, (int, float)) and self.qk_scale > 0):
+                self._fail("qk_scale", "must be None or a positive number")
+            if self.query_pre_attn_scalar is not None:
+                self._fail("qk_scale", "and query_pre_attn_scalar both set the attention scale")
+        if self.window_pattern is not None:
+            if not (isinstance(self.window_pattern, str) and self.window_pattern
+                    and set(self.window_pattern) <= {"S", "L"}):
+                self._fail("window_pattern", "must be a non-empty string of 'S' and 'L'")
+            if self.sliding_window is None and "S" in self.window_pattern:
+                self._fail("window_pattern", "has 'S' layers: set sliding_window")
+        if self.init not in INITS:
+            self._fail("init", f"must be one of {INITS}")
+        nanochat = [n for n in ("value_embeddings", "residual_scalars", "smear", "backout")
+                    if getattr(self, n)]
+        if nanochat and self.family in ("llama", "gemma2"):
+            self._fail(nanochat[0], f"is a nanochat option; family {self.family!r} has no "
+                       "such HF weights (use family='gpt')")
         if self.family in ("llama", "gemma2") and self.activation not in ("swiglu", "geglu_tanh"):
             self._fail("activation", f"family {self.family!r} converts to HF only with a gated "
                        "activation (swiglu or geglu_tanh); use family='gpt'")
@@ -178,6 +212,10 @@ class ModelConfig:
         """Per layer (0-based): True when the layer uses the sliding window."""
         if self.sliding_window is None:
             return tuple(False for _ in range(self.num_layers))
+        if self.window_pattern is not None:  # nanochat: tiled, the last layer always long
+            tiled = [self.window_pattern[i % len(self.window_pattern)] == "S"
+                     for i in range(self.num_layers)]
+            return tuple(tiled[:-1]) + (False,)
         if self.sliding_window_pattern == "all":
             return tuple(True for _ in range(self.num_layers))
         return tuple(i % 2 == 0 for i in range(self.num_layers))
@@ -193,6 +231,11 @@ class ModelConfig:
             raise ConfigError(f"{where}: tensor_model_parallel_size={tp} must divide "
                               f"num_attention_heads={self.num_attention_heads} and "
                               f"num_query_groups={self.groups} of model {self.name!r}")
+        if pp > 1 and (self.residual_scalars or self.backout):
+            raise ConfigError(f"{where}: residual_scalars / backout (model {self.name!r}) read "
+                              "the embedding output / a mid-network residual on later layers; "
+                              "they do not cross pipeline stages: pipeline_model_parallel_size "
+                              f"must be 1 (got {pp})")
         if self.num_layers % (pp * (vpp or 1)):
             raise ConfigError(f"{where}: num_layers={self.num_layers} of model {self.name!r} is "
                               f"not divisible by pipeline_model_parallel_size x virtual stages "
@@ -274,7 +317,9 @@ class ModelConfig:
             add_qkv_bias=self.add_qkv_bias,
             gated_linear_unit=self.gated,
             activation_func=self.activation_func(),
-            softmax_scale=(None if self.query_pre_attn_scalar is None
+            softmax_scale=(float(self.qk_scale) ** 2 * self.head_dim ** -0.5
+                           if self.qk_scale is not None
+                           else None if self.query_pre_attn_scalar is None
                            else float(self.query_pre_attn_scalar) ** -0.5),
             window_size=window,
             window_attn_skip_freq=skip,

@@ -1,0 +1,81 @@
+"""Rank-side code of tests/models/test_nanochat.py (a plain module so spawned ranks can unpickle
+it): nanochat's logits, loss and gradients (tests/fixtures/nanochat, from nanochat's own code)
+against our model at TP=1, TP=2 + sequence parallel (and PP=2 where the options allow it)."""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import torch
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "fixtures", "nanochat")
+
+
+def load_fixture(name: str) -> dict:
+    return torch.load(os.path.join(FIXTURES, f"{name}.pt"), weights_only=True)
+
+
+def fixture_state(fx: dict) -> Dict[str, torch.Tensor]:
+    """The nanochat state dict the fixture's outputs were computed with."""
+    return {k: fx["affine"][k][0] + fx["affine"][k][1] * q.float() for k, q in fx["q"].items()}
+
+
+def fixture_config(fx: dict):
+    from megatron_ar.models.nanochat import config_from_nanochat
+
+    return config_from_nanochat(**fx["config"]["model"], name="nanochat-fixture")
+
+
+def _quiet():
+    import warnings
+
+    for cat in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
+
+
+def run_case(name: str, tp: int, pp: int, sp: bool) -> Dict[str, float]:
+    """Max abs logit diff, loss diff and max gradient diff / max |grad| for one fixture."""
+    from megatron_ar.models import (build_model, forward_logits, gather_full_state_dict,
+                                    load_full_state_dict, run_forward_backward, wrap_with_ddp)
+    from megatron_ar.models.nanochat import megatron_to_nanochat, nanochat_to_megatron
+    from megatron_ar.runtime import init_distributed
+
+    fx = load_fixture(name)
+    cfg = fixture_config(fx)
+    init_distributed(tp=tp, pp=pp, seed=1234)
+    chunks = build_model(cfg, sequence_parallel=sp)
+    load_full_state_dict(chunks, nanochat_to_megatron(fixture_state(fx), cfg), cfg)
+    chunks = wrap_with_ddp(chunks)
+    out: Dict[str, float] = {}
+    n = fx["logits"].shape[1]
+    logits = forward_logits(chunks, fx["tokens"], cfg.vocab_size)
+    if logits is not None:
+        out["logits"] = float((logits[:, -n:].float().cpu() - fx["logits"]).abs().max())
+    if "grads" in fx:
+        for c in chunks:
+            c.train()
+            c.zero_grad_buffer()
+        loss = run_forward_backward(chunks, [{"tokens": fx["tokens"],
+                                              "labels": fx["targets"]}])
+        if loss is not None:
+            out["loss"] = abs(loss - float(fx["loss"]))
+        full = gather_full_state_dict(chunks, cfg, grads=True)
+        grads = megatron_to_nanochat(full, cfg)
+        worst = 0.0
+        for k, ref in fx["grads"].items():
+            scale = max(float(ref.abs().max()), 1e-6)
+            worst = max(worst, float((grads[k] - ref).abs().max()) / scale)
+        out["grad_rel"] = worst
+    return out
+
+
+def suite(payload) -> Dict[str, float]:
+    _quiet()
+    torch.manual_seed(0)
+    res: Dict[str, float] = {}
+    for layout, tp, pp, sp in payload["layouts"]:
+        for name in payload["fixtures"]:
+            for k, v in run_case(name, tp, pp, sp).items():
+                res[f"{name}/{layout}/{k}"] = v
+    return res

@@ -231,11 +231,6 @@ class ModelConfig:
             raise ConfigError(f"{where}: tensor_model_parallel_size={tp} must divide "
                               f"num_attention_heads={self.num_attention_heads} and "
                               f"num_query_groups={self.groups} of model {self.name!r}")
-        if pp > 1 and (self.residual_scalars or self.backout):
-            raise ConfigError(f"{where}: residual_scalars / backout (model {self.name!r}) read "
-                              "the embedding output / a mid-network residual on later layers; "
-                              "they do not cross pipeline stages: pipeline_model_parallel_size "
-                              f"must be 1 (got {pp})")
         if self.num_layers % (pp * (vpp or 1)):
             raise ConfigError(f"{where}: num_layers={self.num_layers} of model {self.name!r} is "
                               f"not divisible by pipeline_model_parallel_size x virtual stages "
@@ -344,7 +339,15 @@ class ModelConfig:
             # Unbatched p2p on gloo: megatron-core's batched p2p swaps same-shape activations
             # and gradients there when prev == next peer (see megatron_ar.compat.p2p).
             batch_p2p_comm=batch_p2p_comm(on_gpu),
+            # nanochat's x0 / backout residuals ride along the stage-to-stage activation
+            # (megatron_ar.models.nanochat): its width differs from hidden_size, so p2p
+            # exchanges shapes first.
+            variable_seq_lengths=pp > 1 and bool(self.residual_scalars or self.backout),
         )
+        if kwargs["variable_seq_lengths"]:
+            # a dense model has no MoE dispatcher; TransformerConfig refuses variable lengths
+            # with the default (allgather) one regardless
+            kwargs["moe_token_dispatcher_type"] = "alltoall"
         if fusions is None:
             from megatron_ar.runtime.fusions import announce_fusions
 

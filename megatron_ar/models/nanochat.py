@@ -41,9 +41,14 @@ Design choices and trade-offs
   ``norm_eps`` to the fp32 value, exact for fp32 runs (nanochat's bf16 runs use bf16's eps).
 - Model-level state (token ids for the value embeddings, ``x0``, the backout residual) lives in
   a :class:`NanochatState` per model chunk, written by hooks during the forward; nothing of
-  megatron-core's forward is copied. Trade-off: ``x0`` and the backout residual do not cross
-  pipeline stages, so ``residual_scalars`` / ``backout`` refuse PP > 1
-  (``ModelConfig.check_layout``).
+  megatron-core's forward is copied.
+- Pipeline parallelism: later stages need ``x0`` and (when the backout layer sits on an
+  earlier stage) the backout residual. A non-last stage sends ``cat([x, x0, x_backout], -1)``
+  (only the parts the options use; zeros for a backout residual not computed yet) and the next
+  stage splits it in ``set_input_tensor``; autograd carries the gradients of all parts back.
+  The stage activation is then wider than ``hidden_size``, so the TransformerConfig sets
+  megatron-core's ``variable_seq_lengths`` (p2p sends the shape first: one small extra message
+  per transfer).
 - The scalars are 1-D parameters with explicit names (``resid_scale``, ``x0_scale``,
   ``smear.gate``, ``smear.scale``, ``backout.scale``), so ndim-based optimizer grouping sends
   them to AdamW as nanochat does; those applied to sequence-parallel activations are marked
@@ -160,6 +165,8 @@ class NanochatState:
     input_ids: Optional[torch.Tensor] = None
     x0: Optional[torch.Tensor] = None
     x_backout: Optional[torch.Tensor] = None
+    recv_x0: Optional[torch.Tensor] = None  # from the previous pipeline stage
+    recv_backout: Optional[torch.Tensor] = None
 
 
 def _scalar(value: float, config, sequence_parallel: bool) -> torch.nn.Parameter:
@@ -305,9 +312,34 @@ def install(model, cfg: ModelConfig) -> None:
 
     def ids_pre_hook(module, args, kwargs):
         ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
-        state.input_ids, state.x0, state.x_backout = ids, None, None
+        state.input_ids, state.x0, state.x_backout = ids, state.recv_x0, state.recv_backout
 
     model.register_forward_pre_hook(ids_pre_hook, with_kwargs=True)
+    carried = int(cfg.residual_scalars) + int(cfg.backout)
+    if carried and not model.pre_process:
+        plain_set_input_tensor = model.set_input_tensor
+
+        def set_input_tensor(input_tensor):
+            t = input_tensor[0] if isinstance(input_tensor, (list, tuple)) else input_tensor
+            if t is None:
+                return plain_set_input_tensor(input_tensor)
+            parts = list(t.chunk(1 + carried, dim=-1))
+            state.recv_x0 = parts.pop(1) if cfg.residual_scalars else None
+            state.recv_backout = parts.pop(1) if cfg.backout else None
+            return plain_set_input_tensor([parts[0]])
+
+        model.set_input_tensor = set_input_tensor  # what megatron-core's schedules call
+    if carried and not model.post_process:
+        def carry_hook(module, inputs, output):
+            parts = [output]
+            if cfg.residual_scalars:
+                parts.append(state.x0)
+            if cfg.backout:
+                parts.append(state.x_backout if state.x_backout is not None
+                             else torch.zeros_like(output))
+            return torch.cat(parts, dim=-1)
+
+        model.register_forward_hook(carry_hook)
     if model.pre_process:
         if cfg.smear:
             model.smear = Smear(config)

@@ -34,7 +34,7 @@ def _quiet():
         warnings.filterwarnings("ignore", category=cat)
 
 
-def run_case(name: str, tp: int, pp: int, sp: bool) -> Dict[str, float]:
+def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None) -> Dict[str, float]:
     """Max abs logit diff, loss diff and max gradient diff / max |grad| for one fixture."""
     from megatron_ar.models import (build_model, forward_logits, gather_full_state_dict,
                                     load_full_state_dict, run_forward_backward, wrap_with_ddp)
@@ -43,7 +43,7 @@ def run_case(name: str, tp: int, pp: int, sp: bool) -> Dict[str, float]:
 
     fx = load_fixture(name)
     cfg = fixture_config(fx)
-    init_distributed(tp=tp, pp=pp, seed=1234)
+    init_distributed(tp=tp, pp=pp, vpp=vpp, seed=1234)
     chunks = build_model(cfg, sequence_parallel=sp)
     load_full_state_dict(chunks, nanochat_to_megatron(fixture_state(fx), cfg), cfg)
     chunks = wrap_with_ddp(chunks)
@@ -56,8 +56,11 @@ def run_case(name: str, tp: int, pp: int, sp: bool) -> Dict[str, float]:
         for c in chunks:
             c.train()
             c.zero_grad_buffer()
-        loss = run_forward_backward(chunks, [{"tokens": fx["tokens"],
-                                              "labels": fx["targets"]}])
+        tokens, targets = fx["tokens"], fx["targets"]
+        mbs = 1 if vpp else tokens.shape[0]  # the interleaved schedule needs >= PP micro-batches
+        loss = run_forward_backward(chunks, [{"tokens": tokens[i:i + mbs],
+                                              "labels": targets[i:i + mbs]}
+                                             for i in range(0, tokens.shape[0], mbs)])
         if loss is not None:
             out["loss"] = abs(loss - float(fx["loss"]))
         full = gather_full_state_dict(chunks, cfg, grads=True)
@@ -74,8 +77,10 @@ def suite(payload) -> Dict[str, float]:
     _quiet()
     torch.manual_seed(0)
     res: Dict[str, float] = {}
-    for layout, tp, pp, sp in payload["layouts"]:
+    for layout, tp, pp, sp, vpp in payload["layouts"]:
         for name in payload["fixtures"]:
-            for k, v in run_case(name, tp, pp, sp).items():
+            if vpp and load_fixture(name)["tokens"].shape[0] % pp:
+                continue
+            for k, v in run_case(name, tp, pp, sp, vpp).items():
                 res[f"{name}/{layout}/{k}"] = v
     return res

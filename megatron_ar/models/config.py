@@ -339,15 +339,7 @@ class ModelConfig:
             # Unbatched p2p on gloo: megatron-core's batched p2p swaps same-shape activations
             # and gradients there when prev == next peer (see megatron_ar.compat.p2p).
             batch_p2p_comm=batch_p2p_comm(on_gpu),
-            # nanochat's x0 / backout residuals ride along the stage-to-stage activation
-            # (megatron_ar.models.nanochat): its width differs from hidden_size, so p2p
-            # exchanges shapes first.
-            variable_seq_lengths=pp > 1 and bool(self.residual_scalars or self.backout),
         )
-        if kwargs["variable_seq_lengths"]:
-            # a dense model has no MoE dispatcher; TransformerConfig refuses variable lengths
-            # with the default (allgather) one regardless
-            kwargs["moe_token_dispatcher_type"] = "alltoall"
         if fusions is None:
             from megatron_ar.runtime.fusions import announce_fusions
 

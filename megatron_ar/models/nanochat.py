@@ -43,12 +43,13 @@ Design choices and trade-offs
   a :class:`NanochatState` per model chunk, written by hooks during the forward; nothing of
   megatron-core's forward is copied.
 - Pipeline parallelism: later stages need ``x0`` and (when the backout layer sits on an
-  earlier stage) the backout residual. A non-last stage sends ``cat([x, x0, x_backout], -1)``
-  (only the parts the options use; zeros for a backout residual not computed yet) and the next
-  stage splits it in ``set_input_tensor``; autograd carries the gradients of all parts back.
-  The stage activation is then wider than ``hidden_size``, so the TransformerConfig sets
-  megatron-core's ``variable_seq_lengths`` (p2p sends the shape first: one small extra message
-  per transfer).
+  earlier stage) the backout residual. A non-last stage sends ``cat([x, x0, x_backout], 1)``
+  along the micro-batch dim (only the parts the options use; zeros for a backout residual not
+  computed yet) and the next stage splits it in ``set_input_tensor``; autograd carries the
+  gradients of all parts back. :func:`megatron_ar.models.step.run_schedule` multiplies the
+  micro-batch size of the p2p shape by :func:`stage_batch_multiple`. (megatron-core's
+  ``variable_seq_lengths`` would allow a wider hidden dim instead, but its shape exchange is
+  always a batched p2p, which deadlocks on gloo with virtual stages at PP=2.)
 - The scalars are 1-D parameters with explicit names (``resid_scale``, ``x0_scale``,
   ``smear.gate``, ``smear.scale``, ``backout.scale``), so ndim-based optimizer grouping sends
   them to AdamW as nanochat does; those applied to sequence-parallel activations are marked
@@ -323,7 +324,7 @@ def install(model, cfg: ModelConfig) -> None:
             t = input_tensor[0] if isinstance(input_tensor, (list, tuple)) else input_tensor
             if t is None:
                 return plain_set_input_tensor(input_tensor)
-            parts = list(t.chunk(1 + carried, dim=-1))
+            parts = list(t.chunk(1 + carried, dim=1))
             state.recv_x0 = parts.pop(1) if cfg.residual_scalars else None
             state.recv_backout = parts.pop(1) if cfg.backout else None
             return plain_set_input_tensor([parts[0]])
@@ -337,9 +338,10 @@ def install(model, cfg: ModelConfig) -> None:
             if cfg.backout:
                 parts.append(state.x_backout if state.x_backout is not None
                              else torch.zeros_like(output))
-            return torch.cat(parts, dim=-1)
+            return torch.cat(parts, dim=1)
 
         model.register_forward_hook(carry_hook)
+    model._stage_batch_multiple = 1 + carried
     if model.pre_process:
         if cfg.smear:
             model.smear = Smear(config)
@@ -374,6 +376,13 @@ def install(model, cfg: ModelConfig) -> None:
 
             # prepend: runs before ArGPTModel's soft-cap hook
             model.output_layer.register_forward_hook(fp32_hook, prepend=True)
+
+
+def stage_batch_multiple(chunks) -> int:
+    """How many micro-batches' worth of rows a pipeline stage sends (module docstring)."""
+    from megatron_ar.models.builder import unwrap
+
+    return max([getattr(c, "_stage_batch_multiple", 1) for c in unwrap(chunks)] or [1])
 
 
 # --------------------------------------------------------------------------- initialisation

@@ -3,8 +3,13 @@
 Usage: ``python -m megatron_ar.models.info PRESET [--tp N] [--json]``
 
 Counting convention (Fanar report, Table 6): ``embedding`` = input embedding matrix
-(vocab x hidden); ``non_embedding`` = everything else, *including* an untied LM head;
-``total`` = their sum. Counts use the real vocabulary; Megatron pads the vocabulary to a
+(vocab x hidden) plus nanochat's value-embedding tables (vocab x KV dim, also reported alone as
+``value_embeddings``); ``non_embedding`` = everything else, *including* an untied LM head;
+``total`` = their sum. Models with nanochat options also get ``nanochat``: the counts of
+nanochat's ``GPT.num_scaling_params()`` (its vocab padding to 64) and ``scaling`` =
+``transformer_matrices + lm_head`` (nanochat's ``scripts/base_train.py``), where
+``transformer_matrices`` are the parameters of its ``transformer.h`` blocks (q, k, v, output
+projection, MLP, value-embedding gates; not the per-layer scalars). Counts use the real vocabulary; Megatron pads the vocabulary to a
 multiple of 128 x TP and that padding is reported separately under ``megatron_padded`` (it is
 memory, not model capacity). Analytic counts are cross-checked against built megatron-core
 models in tests/models/test_model_info.py.
@@ -17,6 +22,8 @@ import sys
 from typing import Dict, List, Optional
 
 from megatron_ar.models.config import ModelConfig
+from megatron_ar.models.nanochat_config import (extra_param_counts, nanochat_counts,
+                                                nanochat_padded_vocab, uses_nanochat)
 
 
 def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
@@ -30,12 +37,17 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
     fc2 = cfg.ffn_hidden_size * h + (h if cfg.add_bias_linear else 0)
     norms = norm * h * (2 + (2 if cfg.post_norms else 0)) + norm * (2 * d if cfg.qk_norm else 0)
     per_layer = qkv + proj + fc1 + fc2 + norms
-    embedding = cfg.vocab_size * h
+    nano = extra_param_counts(cfg)
+    ve_real = nano["value_embeddings"] // nanochat_padded_vocab(cfg.vocab_size) * cfg.vocab_size
+    embedding = cfg.vocab_size * h + ve_real
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * h
-    non_embedding = cfg.num_layers * per_layer + norm * h + lm_head
+    non_embedding = (cfg.num_layers * per_layer + norm * h + lm_head + nano["value_gates"]
+                     + nano["scalars"])
     padded_vocab = cfg.padded_vocab_size(tp)
-    pad_params = (padded_vocab - cfg.vocab_size) * h * (1 if cfg.tie_embeddings else 2)
+    pad_params = ((padded_vocab - cfg.vocab_size) * h * (1 if cfg.tie_embeddings else 2)
+                  + nano["value_embeddings"] - ve_real)
     total = embedding + non_embedding
+    extra = {"nanochat": nanochat_counts(cfg)} if uses_nanochat(cfg) else {}
     return {
         "name": cfg.name,
         "total": total,
@@ -43,6 +55,8 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
         "non_embedding": non_embedding,
         "lm_head": lm_head,
         "per_layer": per_layer,
+        "value_embeddings": ve_real,
+        **extra,
         "megatron_padded": {"tp": tp, "vocab_size": padded_vocab,
                             "padding_params": pad_params, "total": total + pad_params},
     }
@@ -82,6 +96,12 @@ def main(argv: Optional[List[str]] = None) -> int:
           + ("  incl. untied LM head" if counts["lm_head"] else ""))
     print(f"  Megatron vocab padding (TP={pad['tp']}): vocab {pad['vocab_size']}, "
           f"+{pad['padding_params']:,d} params, padded total {pad['total']:,d}")
+    if "nanochat" in counts:
+        nc = counts["nanochat"]
+        print(f"  value embeddings {counts['value_embeddings']:>14,d}  (in embedding)")
+        print(f"  nanochat scaling {nc['scaling']:>14,d}  ({_fmt(nc['scaling'])}; transformer "
+              f"matrices {nc['transformer_matrices']:,d} + lm_head {nc['lm_head']:,d})")
+        print(f"  nanochat total   {nc['total']:>14,d}  ({_fmt(nc['total'])}; its padded vocab)")
     if args.json:
         print(json.dumps(counts))
     return 0

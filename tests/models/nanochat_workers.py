@@ -46,8 +46,10 @@ def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None) -> Dict[str, float
     init_distributed(tp=tp, pp=pp, vpp=vpp, seed=1234)
     chunks = build_model(cfg, sequence_parallel=sp)
     load_full_state_dict(chunks, nanochat_to_megatron(fixture_state(fx), cfg), cfg)
-    chunks = wrap_with_ddp(chunks)
     out: Dict[str, float] = {}
+    if tp == 1 and pp == 1:
+        out["n_params"] = float(sum(p.numel() for c in chunks for p in c.parameters()))
+    chunks = wrap_with_ddp(chunks)
     n = fx["logits"].shape[1]
     logits = forward_logits(chunks, fx["tokens"], cfg.vocab_size)
     if logits is not None:

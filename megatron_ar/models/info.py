@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.nanochat_config import (extra_param_counts, nanochat_counts,
-                                                nanochat_padded_vocab, uses_nanochat)
+                                                uses_nanochat, value_embedding_rows)
 
 
 def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
@@ -38,7 +38,7 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
     norms = norm * h * (2 + (2 if cfg.post_norms else 0)) + norm * (2 * d if cfg.qk_norm else 0)
     per_layer = qkv + proj + fc1 + fc2 + norms
     nano = extra_param_counts(cfg)
-    ve_real = nano["value_embeddings"] // nanochat_padded_vocab(cfg.vocab_size) * cfg.vocab_size
+    ve_real = nano["value_embeddings"] // value_embedding_rows(cfg) * cfg.vocab_size
     embedding = cfg.vocab_size * h + ve_real
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * h
     non_embedding = (cfg.num_layers * per_layer + norm * h + lm_head + nano["value_gates"]

@@ -54,8 +54,10 @@ Design choices and trade-offs
   ``smear.gate``, ``smear.scale``, ``backout.scale``), so ndim-based optimizer grouping sends
   them to AdamW as nanochat does; those applied to sequence-parallel activations are marked
   ``sequence_parallel`` (their grads are summed over TP by ``finalize_model_grads``).
-- Value-embedding tables keep nanochat's padded vocab (a multiple of 64) so a checkpoint's pad
-  rows survive import/export; the word embedding and LM head use Megatron's padding.
+- Vocab rows: nanochat pads its tables to a multiple of 64, Megatron to 128 x TP. The word
+  embedding and LM head use Megatron's padding (``VOCAB_PARAMS``); the value-embedding tables
+  have :func:`value_embedding_rows` rows (128-padding, TP-independent since TP splits their
+  columns). nanochat's pad rows are kept inside ours, so they survive import/export.
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ from megatron_ar.models.nanochat_config import (  # noqa: F401  (re-exported)
     nanochat_padded_vocab,
     short_window,
     uses_nanochat,
+    value_embedding_rows,
     window_layers,
 )
 
@@ -123,12 +126,6 @@ class ValueEmbedding(torch.nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
 
-    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
-        from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
-
-        state = self.state_dict(prefix="", keep_vars=True)
-        return make_sharded_tensors_for_checkpoint(state, prefix, {"weight": 1}, sharded_offsets)
-
 
 class NanochatSelfAttention(SelfAttention):
     """SelfAttention + gated value embeddings on nanochat's layers (module docstring)."""
@@ -145,6 +142,30 @@ class NanochatSelfAttention(SelfAttention):
                 VE_GATE_CHANNELS, config.num_query_groups, config=config,
                 init_method=config.init_method, bias=False, gather_output=False,
                 skip_bias_add=True)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """megatron-core's, with the value-embedding table and gate under per-layer keys
+        (``decoder.layers.self_attention.value_embedding.<global i>.weight``, likewise
+        ``value_gate``; no layer axis): they exist on every other layer only, so megatron-core's
+        layer-stacked keys (a layer axis over all layers) would describe a stack with holes."""
+        from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+        hidden = {n: self._modules.get(n) for n in ("value_embedding", "value_gate")}
+        for n in hidden:
+            self._modules[n] = None
+        try:
+            out = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        finally:
+            self._modules.update(hidden)
+        if self.value_embedding is None:
+            return out
+        layer = self.layer_number - 1
+        for name, axis in (("value_embedding", 1), ("value_gate", 0)):
+            key = f"{prefix}{name}.{layer}."  # the block rewrites the layer prefix only
+            sh = make_sharded_tensors_for_checkpoint(
+                {"weight": getattr(self, name).weight}, key, {"weight": axis}, ())
+            out[f"{prefix}{name}.weight"] = sh[key + "weight"]
+        return out
 
     def get_query_key_value_tensors(self, hidden_states, key_value_states=None,
                                     output_gate: bool = False, split_qkv: bool = True):
@@ -224,7 +245,7 @@ def attention_module(cfg: ModelConfig):
     if not cfg.value_embeddings:
         return SelfAttention, {}
     return NanochatSelfAttention, {"value_embeddings": True,
-                                   "value_embedding_rows": nanochat_padded_vocab(cfg.vocab_size)}
+                                   "value_embedding_rows": value_embedding_rows(cfg)}
 
 
 def layer_module(cfg: ModelConfig):
@@ -392,7 +413,7 @@ def full_shape(cfg: ModelConfig, name: str) -> Tuple[int, ...]:
         "self_attention.linear_proj.weight": (h, n * d),
         "mlp.linear_fc1.weight": ((2 if cfg.gated else 1) * cfg.ffn_hidden_size, h),
         "mlp.linear_fc2.weight": (h, cfg.ffn_hidden_size),
-        "self_attention.value_embedding.weight": (nanochat_padded_vocab(cfg.vocab_size), g * d),
+        "self_attention.value_embedding.weight": (value_embedding_rows(cfg), g * d),
         "self_attention.value_gate.weight": (g, VE_GATE_CHANNELS),
         "resid_scale": (1,), "x0_scale": (1,),
         "smear.gate": (SMEAR_CHANNELS,), "smear.scale": (1,), "backout.scale": (1,),
@@ -409,7 +430,8 @@ def full_shape(cfg: ModelConfig, name: str) -> Tuple[int, ...]:
 @dataclass(frozen=True)
 class NanochatEntry:
     """One megatron tensor and the nanochat tensor(s) it is made of. ``kind``: ``copy``;
-    ``vocab`` (rows are the vocabulary; nanochat pads them to a multiple of 64); ``qkv``
+    ``vocab`` (rows are the vocabulary; nanochat pads them to a multiple of 64); ``ve`` (a
+    value-embedding table: nanochat's rows zero-padded to :func:`value_embedding_rows`); ``qkv``
     (c_q, c_k, c_v -> megatron's grouped ``linear_qkv``, q/k head halves swapped: module
     docstring); ``element`` (element ``index`` of a per-layer vector); ``flatten`` ((1, n) ->
     (n,))."""
@@ -453,7 +475,7 @@ def weight_table(cfg: ModelConfig) -> List[NanochatEntry]:
         table.append(E("backout.scale", ("backout_lambda",), "copy"))
     if cfg.value_embeddings:
         table += [E(f"decoder.layers.{i}.self_attention.value_embedding.weight",
-                    (f"value_embeds.{i}.weight",), "copy")
+                    (f"value_embeds.{i}.weight",), "ve")
                   for i in range(L) if has_value_embedding(i, L)]
     return table
 
@@ -470,6 +492,8 @@ def nanochat_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
                 (n * d, h), (g * d, h), (g * d, h)
         elif e.kind == "vocab":
             out[e.nanochat[0]] = (vocab, h)
+        elif e.kind == "ve":
+            out[e.nanochat[0]] = (vocab, g * d)
         elif e.kind == "element":
             out[e.nanochat[0]] = (L,)
         elif e.kind == "flatten":
@@ -505,6 +529,9 @@ def entry_to_megatron(entry: NanochatEntry, tensors: Sequence[torch.Tensor],
         return t[entry.index:entry.index + 1].clone()
     if entry.kind == "flatten":
         return t.reshape(-1).clone()
+    if entry.kind == "ve":  # zero rows up to our table's rows
+        rows = value_embedding_rows(cfg)
+        return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
     return t.contiguous()
 
 
@@ -556,7 +583,7 @@ def megatron_to_nanochat(state: Dict[str, torch.Tensor], cfg: ModelConfig
                 out[name] = part.contiguous()
             continue
         (name,) = e.nanochat
-        if e.kind == "vocab":
+        if e.kind in ("vocab", "ve"):
             rows = shapes[name][0]
             if t.shape[0] < rows:
                 t = torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])

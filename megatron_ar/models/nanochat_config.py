@@ -30,6 +30,13 @@ def nanochat_padded_vocab(vocab_size: int) -> int:
     return (vocab_size + m - 1) // m * m
 
 
+def value_embedding_rows(cfg: ModelConfig) -> int:
+    """Rows of our value-embedding tables: the vocab padded to 128 (Megatron's TP=1 padding; the
+    tables split over TP along columns, so the rows do not depend on TP). nanochat's own rows
+    (padded to 64) fit inside and survive import/export."""
+    return cfg.padded_vocab_size(1)
+
+
 def short_window(seq_len: int) -> int:
     """nanochat's short window (left context of an ``S`` layer): a quarter of the context,
     rounded up to a multiple of 128."""
@@ -120,7 +127,7 @@ def extra_param_counts(cfg: ModelConfig) -> Dict[str, int]:
     c = nanochat_counts(cfg)
     L = cfg.num_layers
     ve_layers = sum(has_value_embedding(i, L) for i in range(L)) if cfg.value_embeddings else 0
-    return {"value_embeddings": ve_layers * nanochat_padded_vocab(cfg.vocab_size)
+    return {"value_embeddings": ve_layers * value_embedding_rows(cfg)
             * cfg.groups * cfg.head_dim,
             "value_gates": ve_layers * cfg.groups * VE_GATE_CHANNELS,
             "scalars": c["scalars"]}

@@ -96,7 +96,7 @@ class ParamEntry:
 
 def _layer_entries(mc, tp: int, prefix: str, layer: int = 0) -> List[ParamEntry]:
     from megatron_ar.models.nanochat_config import (VE_GATE_CHANNELS, has_value_embedding,
-                                                    nanochat_padded_vocab)
+                                                    value_embedding_rows)
 
     h, d = mc.hidden_size, mc.head_dim
     norm = mc.norm != "rmsnorm_noparam"
@@ -119,7 +119,7 @@ def _layer_entries(mc, tp: int, prefix: str, layer: int = 0) -> List[ParamEntry]
         out += [("self_attention.q_layernorm.weight", d), ("self_attention.k_layernorm.weight", d)]
     if mc.value_embeddings and has_value_embedding(layer, mc.num_layers):
         out += [("self_attention.value_embedding.weight",
-                 nanochat_padded_vocab(mc.vocab_size) * kv // tp),
+                 value_embedding_rows(mc) * kv // tp),
                 ("self_attention.value_gate.weight", mc.groups * VE_GATE_CHANNELS // tp)]
     if norm:
         out.append(("pre_mlp_layernorm.weight", h))

@@ -114,8 +114,9 @@ def import_nanochat(load_dir: str, save_dir: str, step: Optional[int] = None,
                     "keys": [k.removeprefix(prefix) for k in keys], "dtypes": dtypes})
         mio.write_checkpoint_info(tmp, info)
     return {"direction": "nanochat->megatron", "step": step, "num_tensors": len(keys),
-            "items_written": n, "save_dir": save_dir, "vocab_size": cfg.vocab_size,
-            "padded_vocab_size": padded}
+            "numel": sum(v.numel() for v in raw.values()), "items_written": n,
+            "save_dir": save_dir, "vocab_size": cfg.vocab_size, "padded_vocab_size": padded,
+            "dtype": "float32"}
 
 
 def export_nanochat(load_dir: str, save_dir: str, overwrite: bool = False,
@@ -156,4 +157,6 @@ def export_nanochat(load_dir: str, save_dir: str, overwrite: bool = False,
         with open(os.path.join(tmp, names[1]), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)  # as nanochat's save_checkpoint
     return {"direction": "megatron->nanochat", "step": step, "num_tensors": len(out),
-            "save_dir": save_dir, "vocab_size": cfg.vocab_size}
+            "numel": sum(v.numel() for v in out.values()), "save_dir": save_dir,
+            "vocab_size": cfg.vocab_size,
+            "dtype": "+".join(sorted({str(v.dtype).removeprefix("torch.") for v in out.values()}))}

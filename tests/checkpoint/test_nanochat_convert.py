@@ -5,6 +5,7 @@ table's (checked against the in-memory conversion) and exports back bit-exact: s
 same order, same dtypes, equal tensors, same meta JSON. Weights: the ``gqa`` parity fixture."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -17,6 +18,8 @@ import nanochat_workers as workers  # noqa: E402
 from megatron_ar.checkpoint import CheckpointError  # noqa: E402
 
 pytestmark = pytest.mark.unit
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STEP = 1200
 
@@ -44,7 +47,7 @@ def nanochat_dir(tmp_path_factory):
 
 def test_import_export_bit_exact(nanochat_dir, tmp_path):
     from megatron_ar.checkpoint import megatron_io as mio
-    from megatron_ar.checkpoint.nanochat_io import export_nanochat, import_nanochat
+    from megatron_ar.checkpoint.nanochat_io import import_nanochat
     from megatron_ar.models.nanochat import nanochat_to_megatron
 
     src, state, meta = nanochat_dir
@@ -59,7 +62,16 @@ def test_import_export_bit_exact(nanochat_dir, tmp_path):
                      "decoder.layers.3.self_attention.value_embedding.weight", "smear.gate"):
             got = mio.load_param(layout, mg_dir, name)
             assert torch.equal(got[: want[name].shape[0]], want[name].float()), name
-    export_nanochat(mg_dir, back_dir)
+    # back through the CLI (tools/checkpoint/convert.py -> megatron_ar.checkpoint.convert)
+    out = subprocess.run([sys.executable, "tools/checkpoint/convert.py", "--model-type",
+                          "nanochat", "--loader", "megatron", "--saver", "nanochat",
+                          "--load-dir", mg_dir, "--save-dir", back_dir, "--json",
+                          "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["direction"] == "megatron->nanochat"
+    assert summary["num_parameters"] == len(state)
     back = torch.load(os.path.join(back_dir, f"model_{STEP:06d}.pt"), weights_only=True)
     assert list(back) == list(state)
     for k, v in state.items():

@@ -34,8 +34,11 @@ def _quiet():
         warnings.filterwarnings("ignore", category=cat)
 
 
-def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None) -> Dict[str, float]:
-    """Max abs logit diff, loss diff and max gradient diff / max |grad| for one fixture."""
+def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None,
+             checkpoint=None) -> Dict[str, float]:
+    """Max abs logit diff, loss diff and max gradient diff / max |grad| for one fixture; the
+    weights come from the fixture through the name table, or (``checkpoint``) from that
+    fixture imported by megatron_ar.checkpoint.nanochat_io, loaded with ``load_into_model``."""
     from megatron_ar.models import (build_model, forward_logits, gather_full_state_dict,
                                     load_full_state_dict, run_forward_backward, wrap_with_ddp)
     from megatron_ar.models.nanochat import megatron_to_nanochat, nanochat_to_megatron
@@ -45,7 +48,12 @@ def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None) -> Dict[str, float
     cfg = fixture_config(fx)
     init_distributed(tp=tp, pp=pp, vpp=vpp, seed=1234)
     chunks = build_model(cfg, sequence_parallel=sp)
-    load_full_state_dict(chunks, nanochat_to_megatron(fixture_state(fx), cfg), cfg)
+    if checkpoint:
+        from megatron_ar.checkpoint import load_into_model
+
+        load_into_model(chunks, checkpoint, cfg)
+    else:
+        load_full_state_dict(chunks, nanochat_to_megatron(fixture_state(fx), cfg), cfg)
     out: Dict[str, float] = {}
     if tp == 1 and pp == 1:
         out["n_params"] = float(sum(p.numel() for c in chunks for p in c.parameters()))
@@ -85,4 +93,8 @@ def suite(payload) -> Dict[str, float]:
                 continue
             for k, v in run_case(name, tp, pp, sp, vpp).items():
                 res[f"{name}/{layout}/{k}"] = v
+    for layout, tp, pp, sp, vpp in payload.get("checkpoint_layouts", []):
+        name, directory = payload["checkpoint"]
+        for k, v in run_case(name, tp, pp, sp, vpp, checkpoint=directory).items():
+            res[f"{name}/{layout}/ckpt/{k}"] = v
     return res

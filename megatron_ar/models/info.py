@@ -9,7 +9,8 @@ Counting convention (Fanar report, Table 6): ``embedding`` = input embedding mat
 nanochat's ``GPT.num_scaling_params()`` (its vocab padding to 64) and ``scaling`` =
 ``transformer_matrices + lm_head`` (nanochat's ``scripts/base_train.py``), where
 ``transformer_matrices`` are the parameters of its ``transformer.h`` blocks (q, k, v, output
-projection, MLP, value-embedding gates; not the per-layer scalars). Counts use the real vocabulary; Megatron pads the vocabulary to a
+projection, MLP, value-embedding gates; not the per-layer scalars).
+Counts use the real vocabulary; Megatron pads the vocabulary to a
 multiple of 128 x TP and that padding is reported separately under ``megatron_padded`` (it is
 memory, not model capacity). Analytic counts are cross-checked against built megatron-core
 models in tests/models/test_model_info.py.

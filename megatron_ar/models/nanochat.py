@@ -121,6 +121,9 @@ class ValueEmbedding(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.empty(rows, cols, dtype=config.params_dtype))
         set_tensor_model_parallel_attributes(self.weight, True, 1, 1)
+        if config.perform_initialization:  # megatron-core's init (init="nanochat" redraws it)
+            with torch.no_grad():
+                config.init_method(self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)

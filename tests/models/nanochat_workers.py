@@ -78,7 +78,10 @@ def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None,
         worst = 0.0
         for k, ref in fx["grads"].items():
             scale = max(float(ref.abs().max()), 1e-6)
-            worst = max(worst, float((grads[k] - ref).abs().max()) / scale)
+            err = float((grads[k] - ref).abs().max()) / scale
+            if os.environ.get("NANOCHAT_DEBUG") and err > 1e-4:
+                print("GRAD", k, err, flush=True)
+            worst = max(worst, err)
         out["grad_rel"] = worst
     return out
 

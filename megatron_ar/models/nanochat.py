@@ -41,7 +41,10 @@ Design choices and trade-offs
   ``norm_eps`` to the fp32 value, exact for fp32 runs (nanochat's bf16 runs use bf16's eps).
 - Model-level state (token ids for the value embeddings, ``x0``, the backout residual) lives in
   a :class:`NanochatState` per model chunk, written by hooks during the forward; nothing of
-  megatron-core's forward is copied.
+  megatron-core's forward is copied. Trade-off: full activation recompute re-runs layers whose
+  input ``x0`` comes from outside the checkpointed region (and, under 1F1B, whose token ids
+  have moved on to the next micro-batch), so ``recompute_granularity='full'`` is refused with
+  ``residual_scalars`` (and with ``value_embeddings`` at PP > 1); selective recompute is exact.
 - Pipeline parallelism: later stages need ``x0`` and (when the backout layer sits on an
   earlier stage) the backout residual. A non-last stage sends ``cat([x, x0, x_backout], 1)``
   along the micro-batch dim (only the parts the options use; zeros for a backout residual not
@@ -263,9 +266,18 @@ def install(model, cfg: ModelConfig) -> None:
     hooks that feed :class:`NanochatState` (module docstring). Called by the builder."""
     if not uses_nanochat(cfg):
         return
+    config = model.config
+    pp = config.pipeline_model_parallel_size
+    if config.recompute_granularity == "full" and (
+            cfg.residual_scalars or (cfg.value_embeddings and pp > 1)):
+        # x0 enters a recomputed layer from outside its checkpoint (megatron-core's
+        # CheckpointFunction would back-propagate into the embedding twice), and under 1F1B the
+        # token ids of a re-run layer already belong to the next micro-batch
+        raise ValueError("ModelConfig.residual_scalars / value_embeddings: full activation "
+                         "recompute is not supported with these options (use "
+                         "recompute_granularity='selective')")
     state = NanochatState()
     model._nanochat_state = state
-    config = model.config
     for mod in model.modules():
         if isinstance(mod, (NanochatSelfAttention, NanochatTransformerLayer)):
             mod._nanochat_state = state

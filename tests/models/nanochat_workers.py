@@ -35,7 +35,7 @@ def _quiet():
 
 
 def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None,
-             checkpoint=None) -> Dict[str, float]:
+             checkpoint=None, recompute: bool = False) -> Dict[str, float]:
     """Max abs logit diff, loss diff and max gradient diff / max |grad| for one fixture; the
     weights come from the fixture through the name table, or (``checkpoint``) from that
     fixture imported by megatron_ar.checkpoint.nanochat_io, loaded with ``load_into_model``."""
@@ -47,7 +47,9 @@ def run_case(name: str, tp: int, pp: int, sp: bool, vpp=None,
     fx = load_fixture(name)
     cfg = fixture_config(fx)
     init_distributed(tp=tp, pp=pp, vpp=vpp, seed=1234)
-    chunks = build_model(cfg, sequence_parallel=sp)
+    extra = (dict(recompute_granularity="full", recompute_method="uniform",
+                  recompute_num_layers=1) if recompute else {})
+    chunks = build_model(cfg, sequence_parallel=sp, **extra)
     if checkpoint:
         from megatron_ar.checkpoint import load_into_model
 
@@ -91,11 +93,23 @@ def suite(payload) -> Dict[str, float]:
     torch.manual_seed(0)
     res: Dict[str, float] = {}
     for layout, tp, pp, sp, vpp in payload["layouts"]:
+        recompute = layout.endswith("-recompute")
         for name in payload["fixtures"]:
             if vpp and load_fixture(name)["tokens"].shape[0] % pp:
                 continue
-            for k, v in run_case(name, tp, pp, sp, vpp).items():
+            for k, v in run_case(name, tp, pp, sp, vpp, recompute=recompute).items():
                 res[f"{name}/{layout}/{k}"] = v
+    if payload.get("check_recompute_refused"):
+        from megatron_ar.models import build_model
+        from megatron_ar.runtime import init_distributed
+
+        init_distributed(tp=1, pp=1, seed=1234)
+        try:
+            build_model(fixture_config(load_fixture("gqa")), recompute_granularity="full",
+                        recompute_method="uniform", recompute_num_layers=1)
+            res["recompute_refused"] = 0.0
+        except ValueError as exc:
+            res["recompute_refused"] = float("recompute" in str(exc))
     for layout, tp, pp, sp, vpp in payload.get("checkpoint_layouts", []):
         name, directory = payload["checkpoint"]
         for k, v in run_case(name, tp, pp, sp, vpp, checkpoint=directory).items():

@@ -46,7 +46,7 @@ def results(tmp_path_factory):
     ckpt = str(tmp_path_factory.mktemp("imported") / "mg")
     import_nanochat(str(src), ckpt)
     payload = {"layouts": LAYOUTS, "fixtures": FIXTURES, "checkpoint": ("gqa", ckpt),
-               "checkpoint_layouts": CHECKPOINT_LAYOUTS}
+               "checkpoint_layouts": CHECKPOINT_LAYOUTS, "check_recompute_refused": True}
     per_rank = run_multiprocess(workers.suite, 2, payload, timeout=900)
     merged = {}
     for res in per_rank:
@@ -71,6 +71,10 @@ def test_imported_checkpoint_matches_nanochat(results, layout):
     (value-embedding tables split along columns) and PP=2 x VPP=2 (per-layer keys)."""
     assert results[f"gqa/{layout}/ckpt/logits"] <= 1e-4
     assert results[f"gqa/{layout}/ckpt/grad_rel"] <= 1e-4
+
+
+def test_full_recompute_is_refused(results):
+    assert results["recompute_refused"] == 1.0
 
 
 def test_built_model_has_the_counted_parameters(results):

@@ -50,8 +50,8 @@ from megatron_ar.io.outputs import OutputError, check_dir_output, publish_into_d
 from megatron_ar.io.safetensors import SafetensorsReader, ShardedSafetensorsWriter
 from megatron_ar.models.config import ConfigError, ModelConfig
 
-LOADERS = ("hf", "megatron")
-SAVERS = ("megatron", "hf")
+LOADERS = ("hf", "megatron", "nanochat")
+SAVERS = ("megatron", "hf", "nanochat")
 #: What each saver owns in ``save_dir`` (megatron_ar.io.outputs): these are replaced with
 #: ``overwrite`` (stale ones removed, so no old shard outlives the new index), anything else in
 #: the directory is left alone.
@@ -283,18 +283,51 @@ def _megatron_to_hf(model_type, load_dir, tmp, progress, max_shard_bytes) -> Dic
                 numel=sum(_numel(s) for _, s, _ in plan), rss0=rss0)
 
 
+def _nanochat(model_type, loader, saver, load_dir, save_dir, overwrite, progress, step
+              ) -> ConversionResult:
+    from megatron_ar.checkpoint.nanochat_io import export_nanochat, import_nanochat
+
+    if model_type != "nanochat" or {loader, saver} != {"nanochat", "megatron"}:
+        raise ValueError(f"unsupported conversion {model_type!r} {loader!r} -> {saver!r}; "
+                         "nanochat converts as: --model-type nanochat, nanochat <-> megatron")
+    if not os.path.isdir(load_dir):
+        raise CheckpointError(f"load directory {load_dir!r} does not exist")
+    start = time.time()
+    bar = _Progress(None, f"{loader}->{saver}", progress)
+    try:
+        if loader == "nanochat":
+            r = import_nanochat(load_dir, save_dir, step=step, overwrite=overwrite, progress=bar)
+        else:
+            r = export_nanochat(load_dir, save_dir, overwrite=overwrite, progress=bar)
+    finally:
+        bar.close()
+    return ConversionResult(
+        direction=r["direction"], model_type=model_type, load_dir=os.path.abspath(load_dir),
+        save_dir=r["save_dir"], num_parameters=r["num_tensors"], num_elements=r["numel"],
+        bytes_written=_dir_bytes(r["save_dir"]), vocab_size=r["vocab_size"],
+        padded_vocab_size=r.get("padded_vocab_size", r["vocab_size"]),
+        target_tensor_parallel_size=1, target_pipeline_parallel_size=1, dtype=r["dtype"],
+        seconds=round(time.time() - start, 3), peak_rss_bytes=_peak_rss_bytes(),
+        rss_before_streaming_bytes=_rss_bytes())
+
+
 def convert(model_type: str, loader: str, saver: str, load_dir: str, save_dir: str,
             target_tensor_parallel_size: int = 1, target_pipeline_parallel_size: int = 1,
             tokenizer_dir: Optional[str] = None, overwrite: bool = False, progress: bool = True,
-            max_shard_bytes: int = 5 * 1024 ** 3) -> ConversionResult:
+            max_shard_bytes: int = 5 * 1024 ** 3, step: Optional[int] = None) -> ConversionResult:
     """Convert ``load_dir`` (format ``loader``) into ``save_dir`` (format ``saver``).
 
     ``hf -> megatron``: HF safetensors + config.json -> megatron-core torch_dist checkpoint +
     ``model_config.json``, vocab padded to a multiple of 128 x ``target_tensor_parallel_size``,
     shards laid out for that TP (any TP/PP can load it). ``megatron -> hf``: the inverse,
     loadable by ``AutoModelForCausalLM.from_pretrained``. Target sizes are ignored on export.
+    ``nanochat -> megatron`` / ``megatron -> nanochat`` (``model_type`` ``nanochat``): nanochat's
+    ``model_<step>.pt`` + ``meta_<step>.json`` (``step``: default the latest), see
+    :mod:`megatron_ar.checkpoint.nanochat_io`; bit-exact round trip, TP=1 layout.
     Raises :class:`CheckpointError` subclasses naming the key/file on bad input.
     """
+    if "nanochat" in (loader, saver):
+        return _nanochat(model_type, loader, saver, load_dir, save_dir, overwrite, progress, step)
     check_model_type(model_type)
     if loader not in LOADERS or saver not in SAVERS or loader == saver:
         raise ValueError(f"unsupported conversion {loader!r} -> {saver!r}; supported: "

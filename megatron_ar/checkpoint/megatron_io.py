@@ -67,7 +67,7 @@ VOCAB_DIVISIBLE_BY = 128
 NON_MODEL_PREFIXES = ("optimizer", "rng_state", "rerun_state_machine", "opt_param_scheduler",
                       "content_metadata", "args", "iteration", "checkpoint_version")
 #: ModelConfig fields that describe the run, not the weights: not compared on load.
-_NON_ARCH_FIELDS = ("name", "seq_length", "hf_extra", "init_method_std")
+_NON_ARCH_FIELDS = ("name", "seq_length", "hf_extra", "init_method_std", "init")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -34,8 +34,10 @@ def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = 
                       use_te: Optional[bool] = None,
                       modules: Optional[LayerModules] = None) -> ArGPTModel:
     """One GPTModel (pipeline stage / virtual stage) for ``cfg``."""
+    from megatron_ar.models import nanochat
+
     tp = transformer_config.tensor_model_parallel_size
-    return ArGPTModel(
+    model = ArGPTModel(
         config=transformer_config,
         transformer_layer_spec=block_spec(cfg, transformer_config, use_te, vp_stage=vp_stage,
                                           pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
@@ -55,6 +57,8 @@ def build_model_chunk(cfg: ModelConfig, transformer_config, pre_process: bool = 
         fused_kernels=cfg.fused_kernels,
         laser=laser_spec(cfg),
     )
+    nanochat.install(model, cfg)  # no-op without nanochat options
+    return model
 
 
 def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
@@ -88,6 +92,10 @@ def build_model(cfg: ModelConfig, sequence_parallel: bool = False,
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
         chunk = build_model_chunk(cfg, transformer_config, pre, post, vp_stage, use_te, modules)
         chunks.append(module_to_device(chunk))
+    if cfg.init == "nanochat" and getattr(transformer_config, "perform_initialization", True):
+        from megatron_ar.models.nanochat import init_weights
+
+        init_weights(chunks, cfg, seed=torch.initial_seed())
     return chunks
 
 

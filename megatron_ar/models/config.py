@@ -42,6 +42,8 @@ FUSED_KERNELS = ("auto", "on", "off")
 #: none (Arkadiko V4-B), cross_attention (V4-A), input (V4-C).
 LASER_MODES = ("none", "cross_attention", "input")
 LASER_POOLINGS = ("max", "mean")
+#: model.init: megatron-core's normal init, or nanochat's (megatron_ar.models.nanochat).
+INITS = ("megatron", "nanochat")
 
 
 class ConfigError(ValueError):
@@ -83,6 +85,11 @@ class ModelConfig:
         see :mod:`megatron_ar.models.encoder`); ``laser_layers`` / ``laser_hidden`` (per
         direction) / ``laser_embed_dim`` / ``laser_padding_idx`` its shape, ``laser_pooling``
         the sentence embedding (``max`` as LASER, ``mean``).
+    value_embeddings, residual_scalars, smear, backout, qk_scale, window_pattern, logits_fp32,
+        init: nanochat's GPT options, documented in :mod:`megatron_ar.models.nanochat`
+        (``window_pattern``: ``S``/``L`` tiled over layers, last layer ``L``, ``S`` layers use
+        ``sliding_window``; ``init``: ``megatron`` (megatron-core's normal init with
+        ``init_method_std``) or ``nanochat``).
     """
 
     num_layers: int
@@ -121,6 +128,15 @@ class ModelConfig:
     laser_embed_dim: int = 320
     laser_pooling: str = "max"
     laser_padding_idx: int = 1
+    # nanochat GPT options (megatron_ar.models.nanochat)
+    value_embeddings: bool = False
+    residual_scalars: bool = False
+    smear: bool = False
+    backout: bool = False
+    qk_scale: Optional[float] = None
+    window_pattern: Optional[str] = None
+    logits_fp32: bool = False
+    init: str = "megatron"
 
     def __post_init__(self):
         self.validate()
@@ -172,6 +188,24 @@ class ModelConfig:
             self._fail("embedding_norm", "is parameter-free RMSNorm; combine it with norm="
                        "'rmsnorm' or 'rmsnorm_noparam'")
         self._validate_laser()
+        if self.qk_scale is not None:
+            if not (isinstance(self.qk_scale, (int, float)) and self.qk_scale > 0):
+                self._fail("qk_scale", "must be None or a positive number")
+            if self.query_pre_attn_scalar is not None:
+                self._fail("qk_scale", "and query_pre_attn_scalar both set the attention scale")
+        if self.window_pattern is not None:
+            if not (isinstance(self.window_pattern, str) and self.window_pattern
+                    and set(self.window_pattern) <= {"S", "L"}):
+                self._fail("window_pattern", "must be a non-empty string of 'S' and 'L'")
+            if self.sliding_window is None and "S" in self.window_pattern:
+                self._fail("window_pattern", "has 'S' layers: set sliding_window")
+        if self.init not in INITS:
+            self._fail("init", f"must be one of {INITS}")
+        nanochat = [n for n in ("value_embeddings", "residual_scalars", "smear", "backout")
+                    if getattr(self, n)]
+        if nanochat and self.family in ("llama", "gemma2"):
+            self._fail(nanochat[0], f"is a nanochat option; family {self.family!r} has no "
+                       "such HF weights (use family='gpt')")
         if self.family in ("llama", "gemma2") and self.activation not in ("swiglu", "geglu_tanh"):
             self._fail("activation", f"family {self.family!r} converts to HF only with a gated "
                        "activation (swiglu or geglu_tanh); use family='gpt'")
@@ -210,6 +244,10 @@ class ModelConfig:
         """Per layer (0-based): True when the layer uses the sliding window."""
         if self.sliding_window is None:
             return tuple(False for _ in range(self.num_layers))
+        if self.window_pattern is not None:  # nanochat: tiled, the last layer always long
+            tiled = [self.window_pattern[i % len(self.window_pattern)] == "S"
+                     for i in range(self.num_layers)]
+            return tuple(tiled[:-1]) + (False,)
         if self.sliding_window_pattern == "all":
             return tuple(True for _ in range(self.num_layers))
         return tuple(i % 2 == 0 for i in range(self.num_layers))
@@ -306,7 +344,9 @@ class ModelConfig:
             add_qkv_bias=self.add_qkv_bias,
             gated_linear_unit=self.gated,
             activation_func=self.activation_func(),
-            softmax_scale=(None if self.query_pre_attn_scalar is None
+            softmax_scale=(float(self.qk_scale) ** 2 * self.head_dim ** -0.5
+                           if self.qk_scale is not None
+                           else None if self.query_pre_attn_scalar is None
                            else float(self.query_pre_attn_scalar) ** -0.5),
             window_size=window,
             window_attn_skip_freq=skip,

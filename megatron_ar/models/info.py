@@ -3,10 +3,16 @@
 Usage: ``python -m megatron_ar.models.info PRESET [--tp N] [--json]``
 
 Counting convention (Fanar report, Table 6): ``embedding`` = input embedding matrix
-(vocab x hidden); ``non_embedding`` = everything else, *including* an untied LM head;
-``total`` = their sum. A frozen LASER2 encoder (Arkadiko V4-A/C) is reported apart as
-``laser_encoder_frozen`` and is not in ``total``; V4-A's cross-attention and V4-C's input
-projection are trained and are. Counts use the real vocabulary; Megatron pads the vocabulary to a
+(vocab x hidden) plus nanochat's value-embedding tables (vocab x KV dim, also reported alone as
+``value_embeddings``); ``non_embedding`` = everything else, *including* an untied LM head;
+``total`` = their sum. Models with nanochat options also get ``nanochat``: the counts of
+nanochat's ``GPT.num_scaling_params()`` (its vocab padding to 64) and ``scaling`` =
+``transformer_matrices + lm_head`` (nanochat's ``scripts/base_train.py``), where
+``transformer_matrices`` are the parameters of its ``transformer.h`` blocks (q, k, v, output
+projection, MLP, value-embedding gates; not the per-layer scalars). A frozen LASER2 encoder
+(Arkadiko V4-A/C) is reported apart as ``laser_encoder_frozen`` and is not in ``total``; V4-A's
+cross-attention and V4-C's input projection are trained and are. Counts use the real
+vocabulary; Megatron pads the vocabulary to a
 multiple of 128 x TP and that padding is reported separately under ``megatron_padded`` (it is
 memory, not model capacity). Analytic counts are cross-checked against built megatron-core
 models in tests/models/test_model_info.py.
@@ -19,6 +25,8 @@ import sys
 from typing import Dict, List, Optional
 
 from megatron_ar.models.config import ModelConfig
+from megatron_ar.models.nanochat_config import (extra_param_counts, nanochat_counts,
+                                                uses_nanochat, value_embedding_rows)
 
 
 def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
@@ -45,12 +53,17 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
         per_layer += norm * h + 4 * (heads * d * h) + bias * (3 * heads * d + h)
     if cfg.laser_mode == "input":
         laser_input_proj = 2 * cfg.laser_hidden * h + h
-    embedding = cfg.vocab_size * h
+    nano = extra_param_counts(cfg)
+    ve_real = nano["value_embeddings"] // value_embedding_rows(cfg) * cfg.vocab_size
+    embedding = cfg.vocab_size * h + ve_real
     lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * h
-    non_embedding = cfg.num_layers * per_layer + norm * h + lm_head + laser_input_proj
+    non_embedding = (cfg.num_layers * per_layer + norm * h + lm_head + nano["value_gates"]
+                     + nano["scalars"] + laser_input_proj)
     padded_vocab = cfg.padded_vocab_size(tp)
-    pad_params = (padded_vocab - cfg.vocab_size) * h * (1 if cfg.tie_embeddings else 2)
+    pad_params = ((padded_vocab - cfg.vocab_size) * h * (1 if cfg.tie_embeddings else 2)
+                  + nano["value_embeddings"] - ve_real)
     total = embedding + non_embedding
+    extra = {"nanochat": nanochat_counts(cfg)} if uses_nanochat(cfg) else {}
     return {
         "name": cfg.name,
         "total": total,
@@ -58,6 +71,8 @@ def param_counts(cfg: ModelConfig, tp: int = 1) -> Dict[str, object]:
         "non_embedding": non_embedding,
         "lm_head": lm_head,
         "per_layer": per_layer,
+        "value_embeddings": ve_real,
+        **extra,
         "megatron_padded": {"tp": tp, "vocab_size": padded_vocab,
                             "padding_params": pad_params, "total": total + pad_params},
         "laser_encoder_frozen": laser_encoder,
@@ -103,6 +118,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  + frozen LASER2 encoder ({cfg.laser_layers}-layer BiLSTM, "
               f"{cfg.laser_hidden}/direction, laser_mode={cfg.laser_mode}): {n:,d} "
               f"({_fmt(n)}), not in total")
+    if "nanochat" in counts:
+        nc = counts["nanochat"]
+        print(f"  value embeddings {counts['value_embeddings']:>14,d}  (in embedding)")
+        print(f"  nanochat scaling {nc['scaling']:>14,d}  ({_fmt(nc['scaling'])}; transformer "
+              f"matrices {nc['transformer_matrices']:,d} + lm_head {nc['lm_head']:,d})")
+        print(f"  nanochat total   {nc['total']:>14,d}  ({_fmt(nc['total'])}; its padded vocab)")
     if args.json:
         print(json.dumps(counts))
     return 0

@@ -9,10 +9,12 @@ Design choices
 - Sources: Fanar Star / Fanar Prime sizes from the Fanar report (Table 6; Prime is Gemma-2-9B
   with its vocabulary pruned 256,000 -> 128,256), Gemma-2-9B from its HF config, the
   autoresearch/nanochat GPT and Arkadiko (V4-A/B/C, the Arkadiko V4 card) from the project's
-  specification. Where the sources are silent we state the choice: Fanar Star uses Llama-2 defaults (RoPE theta 10,000, RMSNorm
-  eps 1e-5); the autoresearch preset uses nanochat's final-logit soft-cap of 15 and its 4x
-  ReLU^2 MLP, which with those sizes gives ~268M parameters (the "540m" in the name is a
-  label, not a count; see ``python -m megatron_ar.models.info autoresearch-540m``).
+  specification. Where the sources
+  are silent we state the choice: Fanar Star uses Llama-2 defaults (RoPE theta 10,000, RMSNorm
+  eps 1e-5). The autoresearch preset is nanochat's GPT (``megatron_ar.models.nanochat``: value
+  embeddings, residual/x0 scalars, smear, backout, ...) at the card's sizes: 537M parameters
+  (card: 540M total) of which 235M are nanochat's "scaling" parameters (transformer matrices +
+  LM head; card: 235M); ``python -m megatron_ar.models.info autoresearch-540m``.
 - Tiny variants are *derived* from their parent preset (:data:`TINY_VARIANTS`): the parent's
   config with only the sizes (:data:`SIZE_FIELDS`) replaced, plus an explicit, per-variant list
   of scale-dependent values with the reason each must differ (soft-caps that bite at tiny
@@ -77,11 +79,13 @@ def _fanar_prime_9b() -> ModelConfig:
 
 
 def _autoresearch_540m() -> ModelConfig:
-    return ModelConfig(name="autoresearch-540m", family="gpt", num_layers=16, hidden_size=1024,
-                       ffn_hidden_size=4096, num_attention_heads=8, kv_channels=128,
-                       vocab_size=32768, seq_length=2048, activation="relu2",
-                       norm="rmsnorm_noparam", qk_norm=True, embedding_norm=True,
-                       tie_embeddings=False, final_logit_softcap=15.0)
+    # The card's GPTConfig (16 layers, 1024 wide, 8 heads of 128, 8 KV heads, vocab 32768,
+    # seq 2048, window_pattern "L") with every option of nanochat's gpt.py.
+    from megatron_ar.models.nanochat_config import config_from_nanochat
+
+    return config_from_nanochat(n_layer=16, n_embd=1024, n_head=8, n_kv_head=8,
+                                vocab_size=32768, sequence_len=2048, window_pattern="L",
+                                name="autoresearch-540m")
 
 
 def _arkadiko_v4b() -> ModelConfig:

@@ -34,7 +34,7 @@ from typing import Any, Dict, Optional
 import torch
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.attention import SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
@@ -168,15 +168,18 @@ def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None,
                modules: Optional[LayerModules] = None) -> ModuleSpec:
     """ModuleSpec of one transformer layer for ``cfg``; ``modules`` (default:
     :func:`layer_modules` of ``use_te``) picks the classes, the structure is the same."""
+    from megatron_ar.models import nanochat
+
     m = modules if modules is not None else layer_modules(cfg, use_te)
     column_in, row, core = m.column_in, m.row, m.core_attention
+    attention_class, attention_params = nanochat.attention_module(cfg)
     pre_norm, branch_norm, qk_norm, keys_map = m.pre_norm, m.branch_norm, m.qk_norm, m.keys_map
 
     submodules = TransformerLayerSubmodules(
         input_layernorm=pre_norm,
         self_attention=ModuleSpec(
-            module=SelfAttention,
-            params={"attn_mask_type": AttnMaskType.causal},
+            module=attention_class,
+            params={"attn_mask_type": AttnMaskType.causal, **attention_params},
             submodules=SelfAttentionSubmodules(
                 linear_qkv=column_in,
                 core_attention=core,
@@ -195,6 +198,13 @@ def layer_spec(cfg: ModelConfig, use_te: Optional[bool] = None,
         from megatron_ar.models.encoder import add_cross_attention
 
         submodules = add_cross_attention(submodules, m)
+    nanochat_layer = nanochat.layer_module(cfg)
+    if nanochat_layer is not None:
+        if cfg.post_norms:
+            raise ValueError("ModelConfig.post_norms: not combinable with nanochat's "
+                             "residual_scalars / backout")
+        layer_class, layer_params = nanochat_layer
+        return ModuleSpec(module=layer_class, submodules=submodules, params=layer_params)
     if cfg.post_norms:
         return ModuleSpec(
             module=SandwichTransformerLayer,

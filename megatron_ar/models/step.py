@@ -116,6 +116,8 @@ def run_schedule(model: Sequence[torch.nn.Module], batches: Optional[Sequence[Di
     the per-micro-batch reports (last pipeline stage; empty elsewhere)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_ar.models.nanochat import stage_batch_multiple
+
     iters = [None if batches is None else iter(batches) for _ in model]
     return get_forward_backward_func()(
         forward_step_func=partial(forward_step, spec),
@@ -123,7 +125,8 @@ def run_schedule(model: Sequence[torch.nn.Module], batches: Optional[Sequence[Di
         model=list(model),
         num_microbatches=num_microbatches,
         seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
+        # p2p shape: nanochat's x0 / backout residuals ride along the micro-batch dim
+        micro_batch_size=micro_batch_size * stage_batch_multiple(model),
         forward_only=forward_only,
         collect_non_loss_data=collect_non_loss_data,
     )

@@ -94,13 +94,18 @@ class ParamEntry:
     shared_embedding: bool = False
 
 
-def _layer_entries(mc, tp: int, prefix: str) -> List[ParamEntry]:
+def _layer_entries(mc, tp: int, prefix: str, layer: int = 0) -> List[ParamEntry]:
+    from megatron_ar.models.nanochat_config import (VE_GATE_CHANNELS, has_value_embedding,
+                                                    value_embedding_rows)
+
     h, d = mc.hidden_size, mc.head_dim
     norm = mc.norm != "rmsnorm_noparam"
     q, kv = mc.num_attention_heads * d, mc.groups * d
     fc1 = mc.ffn_hidden_size * (2 if mc.gated else 1)
     qkv_bias = mc.add_bias_linear or mc.add_qkv_bias
     out: List[Tuple[str, int]] = []
+    if mc.residual_scalars:  # the layer's own parameters come before its submodules'
+        out += [("resid_scale", 1), ("x0_scale", 1)]
     if norm:
         out.append(("input_layernorm.weight", h))
     # Attention.__init__ builds linear_proj before SelfAttention builds linear_qkv and QK norms.
@@ -112,6 +117,10 @@ def _layer_entries(mc, tp: int, prefix: str) -> List[ParamEntry]:
         out.append(("self_attention.linear_qkv.bias", (q + 2 * kv) // tp))
     if mc.qk_norm and norm:
         out += [("self_attention.q_layernorm.weight", d), ("self_attention.k_layernorm.weight", d)]
+    if mc.value_embeddings and has_value_embedding(layer, mc.num_layers):
+        out += [("self_attention.value_embedding.weight",
+                 value_embedding_rows(mc) * kv // tp),
+                ("self_attention.value_gate.weight", mc.groups * VE_GATE_CHANNELS // tp)]
     if norm:
         out.append(("pre_mlp_layernorm.weight", h))
     out.append(("mlp.linear_fc1.weight", fc1 * h // tp))
@@ -141,13 +150,22 @@ def chunk_params(mc, tp: int, pp: int, vpp: Optional[int], pp_rank: int,
     out: List[ParamEntry] = []
     if first:
         out.append(ParamEntry("embedding.word_embeddings.weight", vocab * h // tp, shared))
+    # global index of this chunk's first layer (megatron-core's interleaved layer offset)
+    offset = (stage * pp + pp_rank) * per_chunk
     for i in range(per_chunk):
-        out += _layer_entries(mc, tp, f"decoder.layers.{i}.")
+        out += _layer_entries(mc, tp, f"decoder.layers.{i}.", offset + i)
     if last:
         if mc.norm != "rmsnorm_noparam":
             out.append(ParamEntry("decoder.final_layernorm.weight", h))
         if not (mc.tie_embeddings and first):
             out.append(ParamEntry("output_layer.weight", vocab * h // tp, shared))
+    # nanochat's model-level modules, added after GPTModel's own (megatron_ar.models.nanochat)
+    if first and mc.smear:
+        from megatron_ar.models.nanochat_config import SMEAR_CHANNELS
+
+        out += [ParamEntry("smear.gate", SMEAR_CHANNELS), ParamEntry("smear.scale", 1)]
+    if last and mc.backout:
+        out.append(ParamEntry("backout.scale", 1))
     return out
 
 

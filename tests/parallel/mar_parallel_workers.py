@@ -102,6 +102,8 @@ def _equivalence(cfg, state, microbatches, ref_loss, ref_grads, tp, pp, vpp=None
     errs = _rel_errors(grads, ref_grads)
     return {"loss_diff": None if loss is None else abs(loss - ref_loss), "ref_loss": ref_loss,
             "max_grad_rel": max(errs.values()), "worst": max(errs, key=errs.get),
+            "max_grad_rel_matrices": max(v for k, v in errs.items()
+                                         if ref_grads[k].dim() > 1),
             "n_tensors": len(errs)}
 
 
@@ -272,7 +274,10 @@ def suite_world4(payload):
                                           ref_norm, tp=2, opt=payload["opt"])
 
     # nanochat-style: reference = the single-process megatron model with its own init
-    cfg = get_preset("tiny-autoresearch")
+    # megatron-core's init, not the preset's nanochat one: that one zeroes the output
+    # projections and draws the LM head with std 0.001, leaving some per-layer scalars with
+    # ~1e-12 gradients whose relative error is rounding noise
+    cfg = get_preset("tiny-autoresearch", init="megatron")
     _layout(1, 1)
     torch.manual_seed(7)
     state = gather_full_state_dict(build_model(cfg), cfg)

@@ -5,6 +5,8 @@
         --target-tensor-parallel-size 2 --target-pipeline-parallel-size 2 [--json]
     python tools/checkpoint/convert.py --model-type llama --loader megatron --saver hf \
         --load-dir MEGATRON_DIR --save-dir HF_DIR [--tokenizer-dir DIR] [--json]
+    python tools/checkpoint/convert.py --model-type nanochat --loader nanochat --saver megatron \
+        --load-dir NANOCHAT_CKPT_DIR [--step N] --save-dir MEGATRON_DIR   (and back)
 
 Thin CLI over :func:`megatron_ar.checkpoint.convert` (see its docstring for the format and the
 meaning of the target sizes). Shows a progress bar and finishes with a summary; ``--json`` puts
@@ -19,9 +21,11 @@ from megatron_ar_tools._cli import add_progress, cli_main, emit_json, parser
 @cli_main
 def main(argv=None) -> int:
     p = parser(__doc__)
-    p.add_argument("--model-type", required=True, help="llama or gemma2")
-    p.add_argument("--loader", required=True, choices=["hf", "megatron"])
-    p.add_argument("--saver", required=True, choices=["megatron", "hf"])
+    p.add_argument("--model-type", required=True, help="llama, gemma2 or nanochat")
+    p.add_argument("--loader", required=True, choices=["hf", "megatron", "nanochat"])
+    p.add_argument("--saver", required=True, choices=["megatron", "hf", "nanochat"])
+    p.add_argument("--step", type=int, default=None,
+                   help="nanochat loader: the model_<step>.pt to read (default: the latest)")
     p.add_argument("--load-dir", required=True)
     p.add_argument("--save-dir", required=True)
     p.add_argument("--target-tensor-parallel-size", type=int, default=1,
@@ -41,7 +45,7 @@ def main(argv=None) -> int:
         target_tensor_parallel_size=a.target_tensor_parallel_size,
         target_pipeline_parallel_size=a.target_pipeline_parallel_size,
         tokenizer_dir=a.tokenizer_dir, overwrite=a.overwrite, progress=not a.no_progress,
-        max_shard_bytes=int(a.max_shard_size_gb * 1024 ** 3))
+        max_shard_bytes=int(a.max_shard_size_gb * 1024 ** 3), step=a.step)
     r = result.to_dict()
     print(f"converted {r['direction']} ({r['model_type']}): {r['num_parameters']} tensors, "
           f"{r['num_elements']:,} elements, {r['bytes_written'] / 1e6:.1f} MB written to "

@@ -15,7 +15,7 @@ Design choices
 from __future__ import annotations
 
 import logging
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from megatron.core import parallel_state
@@ -24,6 +24,7 @@ from megatron_ar.models.config import ModelConfig
 from megatron_ar.models.encoder import laser_spec
 from megatron_ar.models.modules import ArGPTModel, embedding_multiplier
 from megatron_ar.models.spec import LayerModules, attention_choice, block_spec
+from megatron_ar.models.wrappers import unwrap  # noqa: F401  (re-exported: callers import it here)
 from megatron_ar.runtime.device import module_to_device
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,3 @@ def wrap_with_ddp(chunks: Sequence[torch.nn.Module], use_distributed_optimizer: 
                               if ddp_config.align_param_gather else None)
     config.finalize_model_grads_func = finalize_model_grads
     return wrapped
-
-
-def unwrap(chunks: Iterable[torch.nn.Module]) -> List[torch.nn.Module]:
-    """The bare GPTModels under DDP / Float16Module wrappers."""
-    out = []
-    for c in chunks:
-        while hasattr(c, "module") and not isinstance(c, ArGPTModel):
-            c = c.module
-        out.append(c)
-    return out

@@ -279,7 +279,7 @@ def _make_embedding_hook(model):
 
 def needs_tokens_on_every_stage(chunks) -> bool:
     """True when some chunk's encoder must read the token ids on a non-first stage (V4-A)."""
-    from megatron_ar.models.builder import unwrap
+    from megatron_ar.models.wrappers import unwrap
 
     return any(getattr(c, "laser_mode", "none") == "cross_attention" for c in unwrap(chunks))
 
@@ -345,7 +345,7 @@ def load_laser_checkpoint(chunks, checkpoint, cfg) -> int:
     every model chunk of this rank; returns how many encoders were loaded. A path is read with
     ``torch.load(weights_only=True)``; the public laser2.pt also pickles a fairseq dictionary,
     which that refuses: re-save ``{'params', 'model'}`` once from a trusted copy."""
-    from megatron_ar.models.builder import unwrap
+    from megatron_ar.models.wrappers import unwrap
 
     spec = laser_spec(cfg)
     if spec is None:

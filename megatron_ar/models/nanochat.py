@@ -351,7 +351,7 @@ def install(model, cfg: ModelConfig) -> None:
 
 def stage_batch_multiple(chunks) -> int:
     """How many micro-batches' worth of rows a pipeline stage sends (module docstring)."""
-    from megatron_ar.models.builder import unwrap
+    from megatron_ar.models.wrappers import unwrap
 
     return max([getattr(c, "_stage_batch_multiple", 1) for c in unwrap(chunks)] or [1])
 

@@ -32,7 +32,7 @@ _LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
 
 
 def _bare(chunk):
-    from megatron_ar.models.builder import unwrap
+    from megatron_ar.models.wrappers import unwrap
 
     return unwrap([chunk])[0]
 

@@ -12,9 +12,14 @@ against its per-step losses, grad norms and consumed samples, bit for bit:
 - one node's tasks killed (SIGKILL) inside a checkpoint's write-then-publish window: the job
   ends promptly (``srun --kill-on-bad-exit=1``), the unpublished checkpoint stays invisible, and
   a resubmission resumes from the last published one to the same numbers.
+
+Data jobs on the same cluster: an ``sbatch --array=0-3`` of tools/preprocess_data.py (each task
+takes its part of the inputs from SLURM_ARRAY_*), merged with tools/merge_datasets.py, equals
+the one-process .bin/.idx byte for byte.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -225,3 +230,56 @@ def test_node_failure_ends_job_and_resubmission_resumes(slurm_cluster, reference
     assert "start at step 2 (consumed samples 32)" in out2, out2[-3000:]
     _same_numbers(run_dir, reference)
     print("\nslurm test timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
+
+
+def test_array_job_preprocess_on_two_nodes_equals_single_run(slurm_cluster, tmp_path, bukhari_records):
+    """``sbatch --array=0-3`` of tools/preprocess_data.py (no shard flags: each task takes its
+    part from Slurm's SLURM_ARRAY_* variables) runs its tasks on both nodes; merge_datasets of the
+    four shards equals the one-process output byte for byte."""
+    import material
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    recs = [r for r in bukhari_records[:400] if r["arabic"].strip()]
+    for f in range(6):
+        with open(src / f"part{f}.jsonl", "w", encoding="utf-8") as fh:
+            for r in recs[f * 50:(f + 1) * 50 + 7 * f]:
+                fh.write(json.dumps({"text": r["arabic"] + "\n" + r["english"]["text"]},
+                                    ensure_ascii=False) + "\n")
+    tool = [sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input",
+            str(src / "part*.jsonl"), "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", material.sentencepiece_model_path(), "--append-eod",
+            "--workers", "1", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    single = subprocess.run(tool + ["--output-prefix", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    t0 = time.time()
+    wrap = " ".join(f"'{a}'" for a in tool + ["--output-prefix", str(tmp_path / "ar")])
+    job = slurm_cluster.sbatch("--array=0-3", "-n1", "-c1", "--chdir", REPO, "--export=ALL",
+                               "--output", str(tmp_path / "task-%a.out"), "--wrap", wrap, env=env)
+    deadline = time.time() + 300
+    while True:
+        out = slurm_cluster.cmd("scontrol", "-o", "show", "job", str(job), check=False)
+        states = re.findall(r"JobState=(\S+)", out)
+        if states and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+                          for s in states):
+            break
+        assert time.time() < deadline, out
+        time.sleep(0.5)
+    logs = "".join(p.read_text() for p in sorted(tmp_path.glob("task-*.out")))
+    assert states == ["COMPLETED"] * 4, (out, logs[-3000:])
+    nodes = set(re.findall(r" NodeList=(\S+)", out))
+    assert nodes == {h.name for h in slurm_cluster.nodes}, out  # both "hosts" took tasks
+    TIMINGS["array preprocess (4 tasks)"] = time.time() - t0
+    shards = sorted(tmp_path.glob("ar_shard*_of_4_text_document.idx"))
+    assert len(shards) == 4, os.listdir(tmp_path)
+    merge = subprocess.run([sys.executable, os.path.join(REPO, "tools", "merge_datasets.py"),
+                            "--input", *map(str, shards), "--output-prefix",
+                            str(tmp_path / "merged")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert merge.returncode == 0, merge.stderr[-3000:]
+    for ext in (".bin", ".idx"):
+        assert ((tmp_path / f"merged{ext}").read_bytes()
+                == (tmp_path / f"one_text_document{ext}").read_bytes())

@@ -75,6 +75,11 @@ def arena(tmp_path_factory, bukhari_records):
     with open(a / "dsdmg.idx", "r+b") as f:
         f.write(b"NOTMMIDX")
     (a / "empty.yaml").write_text("# nothing\n", encoding="utf-8")
+    for name, meta in (("ncnometa", None), ("ncbadmeta", '{"model_config": {"n_layer": 2}}')):
+        (a / name).mkdir()
+        (a / name / "model_000010.pt").write_bytes(b"not a checkpoint")
+        if meta:
+            (a / name / "meta_000010.json").write_text(meta, encoding="utf-8")
     (a / "badyaml.yaml").write_text("model:\n  preset: [\n", encoding="utf-8")
     (a / "unknown.yaml").write_text("model:\n  preset: tiny-llama\n  hidden_sise: 3\n",
                                     encoding="utf-8")
@@ -242,6 +247,10 @@ CASES = [
      "megatron --load-dir {a}/hf --save-dir {a}/hf --overwrite", "is the input"),
     ("convert-wrong-type", "checkpoint/convert", "--model-type gemma2 --loader hf --saver "
      "megatron --load-dir {a}/hf --save-dir {o}/meg", "llama"),
+    ("convert-nanochat-no-meta", "checkpoint/convert", "--model-type nanochat --loader nanochat "
+     "--saver megatron --load-dir {a}/ncnometa --save-dir {o}/meg", "ncnometa/meta_000010.json"),
+    ("convert-nanochat-bad-meta", "checkpoint/convert", "--model-type nanochat --loader nanochat "
+     "--saver megatron --load-dir {a}/ncbadmeta --save-dir {o}/meg", "missing ['n_embd'"),
     ("health-missing", "model_health", "{a}/nockpt --out {o}/h --no-plots", "nockpt"),
     ("health-out-is-input", "model_health", "{a}/hf --out {a}/hf --no-plots", "is the input"),
     ("health-trunc-distcp", "model_health", "{a}/megtrunc --out {o}/h --no-plots", ".distcp"),
